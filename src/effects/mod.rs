@@ -1,0 +1,59 @@
+//! Effect handlers: the only code that touches the world on behalf of a run.
+//!
+//! The runner calls [`EffectHandler::perform`] after the intent is on disk, and
+//! [`EffectHandler::reconcile`] on restart for an intent that has no recorded result, so
+//! a handler must be able to tell whether its effect already happened (clone dir at the
+//! expected commit, venv completion marker, supervisor exit file) instead of redoing it.
+
+pub mod simulated;
+
+use crate::fsm::{Command, EffectResult, RunState, StopRequest};
+
+/// Why an effect did not produce its result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EffectFailure {
+    /// Shown to the user as the task's failure reason: name the file, URL or package.
+    pub reason: String,
+    /// Worth trying again (a network error), as opposed to a definite failure.
+    pub retryable: bool,
+}
+
+impl EffectFailure {
+    pub fn fatal(reason: impl Into<String>) -> Self {
+        EffectFailure {
+            reason: reason.into(),
+            retryable: false,
+        }
+    }
+    pub fn retry(reason: impl Into<String>) -> Self {
+        EffectFailure {
+            reason: reason.into(),
+            retryable: true,
+        }
+    }
+}
+
+/// What reconciling an unanswered intent found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reconciled {
+    /// The effect had completed before the crash; this is its result.
+    Done(EffectResult),
+    /// The effect definitely failed.
+    Failed(EffectFailure),
+    /// The effect did not happen (or left nothing usable): perform it again.
+    Redo,
+}
+
+pub trait EffectHandler {
+    /// Do the effect for `cmd`. `state` is the run's state with `cmd` pending.
+    fn perform(&mut self, state: &RunState, cmd: &Command) -> Result<EffectResult, EffectFailure>;
+
+    /// Find out whether the effect of an intent that has no result already happened.
+    fn reconcile(&mut self, state: &RunState, cmd: &Command) -> Reconciled;
+
+    /// An abort or requeue request from outside (the server, a preemption notice),
+    /// checked between effects and after the user process ends.
+    fn poll_stop(&mut self, _state: &RunState) -> Option<StopRequest> {
+        None
+    }
+}

@@ -1,0 +1,551 @@
+//! The persistent, append-only journal of every run, in sled.
+//!
+//! Trees:
+//! - `runs`: run id -> [`RunMeta`]
+//! - `records`: run id ++ 0x00 ++ seq (u64 big endian, gap-free from 1) -> envelope
+//! - `progress`: run id -> [`Progress`] (overwritten in place, never appended)
+//! - `meta`: `epoch` -> the current agent epoch (u64 big endian)
+//! - `epochs`: epoch (u64 big endian) -> [`EpochInfo`]
+//!
+//! Every append is one sled transaction that checks the writer's epoch (fencing) and the
+//! expected sequence (compare-and-swap), and is flushed to disk before it returns.
+
+pub mod envelope;
+pub mod export;
+pub mod inspect;
+mod replay;
+
+pub use envelope::{EnvelopeError, Record, RecordBody};
+pub use replay::{load as fold_records, LoadedRun, Problem, VerifyReport};
+
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+use std::path::{Path, PathBuf};
+
+/// Records per run before appends are refused (a crash loop must not fill the disk).
+pub const DEFAULT_MAX_RECORDS_PER_RUN: u64 = 10_000;
+/// Terminal runs older than this are compacted to a snapshot.
+pub const DEFAULT_RETENTION_MS: u64 = 7 * 24 * 3600 * 1000;
+/// A state digest record is written after this many records (and at the end of a run).
+pub const DIGEST_EVERY: u64 = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal at {dir}: {source}")]
+    Storage {
+        dir: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("journal at {dir} is locked by another agent process (pid {holder}); stop it or pass another --journal-dir")]
+    Locked { dir: PathBuf, holder: String },
+    #[error("run {run}: a run with this id already exists")]
+    RunExists { run: String },
+    #[error("run {run}: no such run in the journal")]
+    NoSuchRun { run: String },
+    #[error("run {run}: append expected sequence {expected}, but the journal is at {actual}")]
+    SequenceConflict {
+        run: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("run {run}: writer epoch {mine} is fenced off by a newer agent (epoch {current})")]
+    Fenced {
+        run: String,
+        mine: u64,
+        current: u64,
+    },
+    #[error("run {run}: record cap of {cap} reached; the run is refused to protect the disk")]
+    RecordCap { run: String, cap: u64 },
+    #[error("this journal handle is read-only (opened for inspection)")]
+    ReadOnly,
+    #[error("run {run}: {problem}")]
+    Corrupt { run: String, problem: Problem },
+}
+
+type Result<T, E = JournalError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunMeta {
+    pub run_id: String,
+    pub task_id: String,
+    pub attempt: u32,
+    pub created_ms: u64,
+}
+
+/// Who started the agent: appended on every start, it fences older writers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochInfo {
+    pub epoch: u64,
+    pub host: String,
+    pub pid: u32,
+    pub boot_id: String,
+    pub started_ms: u64,
+    pub agent_version: String,
+}
+
+/// Heartbeat-like progress: overwritten in place, never appended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Bytes of the run's output file that the server acknowledged.
+    pub log_offset_shipped: u64,
+    pub last_heartbeat_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct JournalConfig {
+    pub max_records_per_run: u64,
+    /// Flush to disk on every append (on by default; off only to measure its cost).
+    pub flush_every_append: bool,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            max_records_per_run: DEFAULT_MAX_RECORDS_PER_RUN,
+            flush_every_append: true,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Journal {
+    dir: PathBuf,
+    db: sled::Db,
+    runs: sled::Tree,
+    records: sled::Tree,
+    progress: sled::Tree,
+    meta: sled::Tree,
+    epochs: sled::Tree,
+    /// `None` for a read-only handle.
+    epoch: Option<u64>,
+    config: JournalConfig,
+}
+
+const EPOCH_KEY: &[u8] = b"epoch";
+
+fn record_key(run: &str, seq: u64) -> Vec<u8> {
+    let mut k = run_prefix(run);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn run_prefix(run: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(run.len() + 9);
+    k.extend_from_slice(run.as_bytes());
+    k.push(0);
+    k
+}
+
+fn seq_of(key: &[u8]) -> u64 {
+    let n = key.len();
+    u64::from_be_bytes(key[n - 8..].try_into().expect("record keys end in 8 bytes"))
+}
+
+fn be_u64(v: &[u8]) -> u64 {
+    v.try_into().map(u64::from_be_bytes).unwrap_or(0)
+}
+
+impl Journal {
+    /// Open for an agent that will write: bumps and records the epoch.
+    pub fn open_writer(dir: &Path, who: EpochInfo, config: JournalConfig) -> Result<Journal> {
+        let mut j = Self::open_db(dir, config)?;
+        j.begin_epoch(who)?;
+        Ok(j)
+    }
+
+    /// Open for inspection. If a running agent holds the lock, a point-in-time copy is
+    /// opened instead, so `journal inspect` works next to a live daemon.
+    pub fn open_reader(dir: &Path) -> Result<(Journal, bool)> {
+        match Self::open_db(dir, JournalConfig::default()) {
+            Ok(j) => Ok((j, false)),
+            Err(JournalError::Locked { .. }) => {
+                let copy = std::env::temp_dir().join(format!(
+                    "clearml-agent-journal-snapshot-{}",
+                    std::process::id()
+                ));
+                let _ = std::fs::remove_dir_all(&copy);
+                copy_dir(dir, &copy).map_err(|e| JournalError::Storage {
+                    dir: dir.to_path_buf(),
+                    source: sled::Error::Io(e),
+                })?;
+                let j = Self::open_db(&copy, JournalConfig::default())?;
+                Ok((j, true))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn open_db(dir: &Path, config: JournalConfig) -> Result<Journal> {
+        let storage = |source| JournalError::Storage {
+            dir: dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| storage(sled::Error::Io(e)))?;
+        let db = sled::Config::new()
+            .path(dir)
+            // Our own flush at every append is the durability point; no background flusher.
+            .flush_every_ms(None)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                    JournalError::Locked {
+                        dir: dir.to_path_buf(),
+                        holder: lock_holder(dir),
+                    }
+                }
+                sled::Error::Io(io) if io.to_string().contains("lock") => JournalError::Locked {
+                    dir: dir.to_path_buf(),
+                    holder: lock_holder(dir),
+                },
+                other => storage(other),
+            })?;
+        let tree = |name: &str| db.open_tree(name).map_err(storage);
+        Ok(Journal {
+            runs: tree("runs")?,
+            records: tree("records")?,
+            progress: tree("progress")?,
+            meta: tree("meta")?,
+            epochs: tree("epochs")?,
+            db,
+            dir: dir.to_path_buf(),
+            epoch: None,
+            config,
+        })
+    }
+
+    fn storage(&self, source: sled::Error) -> JournalError {
+        JournalError::Storage {
+            dir: self.dir.clone(),
+            source,
+        }
+    }
+
+    /// Start a new epoch for this handle; every handle with an older epoch is fenced.
+    pub fn begin_epoch(&mut self, mut who: EpochInfo) -> Result<u64> {
+        let next = self
+            .meta
+            .update_and_fetch(EPOCH_KEY, |old| {
+                Some((old.map_or(0, be_u64) + 1).to_be_bytes().to_vec())
+            })
+            .map_err(|e| self.storage(e))?
+            .map_or(1, |v| be_u64(&v));
+        who.epoch = next;
+        let info = bincode::serialize(&who).expect("epoch info serializes");
+        self.epochs
+            .insert(next.to_be_bytes(), info)
+            .map_err(|e| self.storage(e))?;
+        self.flush()?;
+        std::fs::write(self.dir.join("agent.pid"), std::process::id().to_string())
+            .map_err(|e| self.storage(sled::Error::Io(e)))?;
+        self.epoch = Some(next);
+        Ok(next)
+    }
+
+    pub fn epoch(&self) -> Option<u64> {
+        self.epoch
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &JournalConfig {
+        &self.config
+    }
+
+    pub fn epochs(&self) -> Result<Vec<EpochInfo>> {
+        self.epochs
+            .iter()
+            .values()
+            .map(|v| {
+                let v = v.map_err(|e| self.storage(e))?;
+                Ok(bincode::deserialize(&v).unwrap_or_default())
+            })
+            .collect()
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush().map(|_| ()).map_err(|e| self.storage(e))
+    }
+
+    /// Register a new run together with its first records, atomically: a run never
+    /// exists without records. Fails if the id is taken.
+    pub fn create_run(&self, meta: &RunMeta, first: &[RecordBody], at_ms: u64) -> Result<u64> {
+        self.write(&meta.run_id, 1, first, at_ms, Some(meta))
+    }
+
+    pub fn run_meta(&self, run: &str) -> Result<Option<RunMeta>> {
+        let v = self.runs.get(run).map_err(|e| self.storage(e))?;
+        Ok(v.and_then(|v| bincode::deserialize(&v).ok()))
+    }
+
+    /// Every run, oldest first.
+    pub fn runs(&self) -> Result<Vec<RunMeta>> {
+        let mut out = vec![];
+        for item in self.runs.iter() {
+            let (k, v) = item.map_err(|e| self.storage(e))?;
+            let meta = bincode::deserialize(&v).unwrap_or_else(|_| RunMeta {
+                run_id: String::from_utf8_lossy(&k).into_owned(),
+                task_id: "?".into(),
+                attempt: 0,
+                created_ms: 0,
+            });
+            out.push(meta);
+        }
+        out.sort_by(|a, b| (a.created_ms, &a.run_id).cmp(&(b.created_ms, &b.run_id)));
+        Ok(out)
+    }
+
+    /// Runs matching a run id exactly, else every run of that task id.
+    pub fn find_runs(&self, run_or_task: &str) -> Result<Vec<RunMeta>> {
+        if let Some(meta) = self.run_meta(run_or_task)? {
+            return Ok(vec![meta]);
+        }
+        Ok(self
+            .runs()?
+            .into_iter()
+            .filter(|m| m.task_id == run_or_task)
+            .collect())
+    }
+
+    /// The raw stored records of a run, in key order: (seq, bytes).
+    pub fn raw_records(&self, run: &str) -> Result<Vec<(u64, Vec<u8>)>> {
+        self.records
+            .scan_prefix(run_prefix(run))
+            .map(|item| {
+                let (k, v) = item.map_err(|e| self.storage(e))?;
+                Ok((seq_of(&k), v.to_vec()))
+            })
+            .collect()
+    }
+
+    /// Append records at `expected_seq`, `expected_seq + 1`, ... in one transaction,
+    /// flushed to disk. Returns the next sequence number.
+    pub fn append(
+        &self,
+        run: &str,
+        expected_seq: u64,
+        bodies: &[RecordBody],
+        at_ms: u64,
+    ) -> Result<u64> {
+        self.write(run, expected_seq, bodies, at_ms, None)
+    }
+
+    fn write(
+        &self,
+        run: &str,
+        expected_seq: u64,
+        bodies: &[RecordBody],
+        at_ms: u64,
+        new_run: Option<&RunMeta>,
+    ) -> Result<u64> {
+        assert!(!bodies.is_empty(), "an append writes at least one record");
+        let mine = self.epoch.ok_or(JournalError::ReadOnly)?;
+        let last = expected_seq + bodies.len() as u64 - 1;
+        if last > self.config.max_records_per_run {
+            return Err(JournalError::RecordCap {
+                run: run.to_string(),
+                cap: self.config.max_records_per_run,
+            });
+        }
+        let values: Vec<(Vec<u8>, Vec<u8>)> = bodies
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                (
+                    record_key(run, expected_seq + i as u64),
+                    envelope::encode(b, at_ms),
+                )
+            })
+            .collect();
+        let prev_key = (expected_seq > 1).then(|| record_key(run, expected_seq - 1));
+        let new_run = new_run.map(|m| bincode::serialize(m).expect("run meta serializes"));
+        let outcome =
+            (&self.records, &self.meta, &self.runs).transaction(|(records, meta, runs)| {
+                let current = meta.get(EPOCH_KEY)?.map_or(0, |v| be_u64(&v));
+                if current != mine {
+                    return Err(ConflictableTransactionError::Abort(Rejection::Fenced(
+                        current,
+                    )));
+                }
+                if let Some(prev) = &prev_key {
+                    if records.get(prev)?.is_none() {
+                        return Err(ConflictableTransactionError::Abort(Rejection::Sequence));
+                    }
+                }
+                match &new_run {
+                    Some(_) if runs.get(run.as_bytes())?.is_some() => {
+                        return Err(ConflictableTransactionError::Abort(Rejection::RunExists));
+                    }
+                    Some(m) => {
+                        runs.insert(run.as_bytes(), m.as_slice())?;
+                    }
+                    None if runs.get(run.as_bytes())?.is_none() => {
+                        return Err(ConflictableTransactionError::Abort(Rejection::NoSuchRun));
+                    }
+                    None => {}
+                }
+                for (k, v) in &values {
+                    if records.get(k)?.is_some() {
+                        return Err(ConflictableTransactionError::Abort(Rejection::Sequence));
+                    }
+                    records.insert(k.as_slice(), v.as_slice())?;
+                }
+                Ok(())
+            });
+        match outcome {
+            Ok(()) => {}
+            Err(TransactionError::Abort(Rejection::Fenced(current))) => {
+                return Err(JournalError::Fenced {
+                    run: run.to_string(),
+                    mine,
+                    current,
+                })
+            }
+            Err(TransactionError::Abort(Rejection::Sequence)) => {
+                return Err(JournalError::SequenceConflict {
+                    run: run.to_string(),
+                    expected: expected_seq,
+                    actual: self.next_seq(run)?,
+                })
+            }
+            Err(TransactionError::Abort(Rejection::RunExists)) => {
+                return Err(JournalError::RunExists {
+                    run: run.to_string(),
+                })
+            }
+            Err(TransactionError::Abort(Rejection::NoSuchRun)) => {
+                return Err(JournalError::NoSuchRun {
+                    run: run.to_string(),
+                })
+            }
+            Err(TransactionError::Storage(e)) => return Err(self.storage(e)),
+        }
+        if self.config.flush_every_append {
+            self.flush()?;
+        }
+        crate::failpoint::after_append(run, expected_seq, last);
+        Ok(last + 1)
+    }
+
+    /// The sequence number the next append to `run` must name.
+    pub fn next_seq(&self, run: &str) -> Result<u64> {
+        let last = self
+            .records
+            .scan_prefix(run_prefix(run))
+            .keys()
+            .next_back()
+            .transpose()
+            .map_err(|e| self.storage(e))?;
+        Ok(last.map_or(1, |k| seq_of(&k) + 1))
+    }
+
+    pub fn progress(&self, run: &str) -> Result<Progress> {
+        let v = self.progress.get(run).map_err(|e| self.storage(e))?;
+        Ok(v.and_then(|v| bincode::deserialize(&v).ok())
+            .unwrap_or_default())
+    }
+
+    pub fn set_progress(&self, run: &str, progress: &Progress) -> Result<()> {
+        if self.epoch.is_none() {
+            return Err(JournalError::ReadOnly);
+        }
+        let v = bincode::serialize(progress).expect("progress serializes");
+        self.progress.insert(run, v).map_err(|e| self.storage(e))?;
+        self.flush()
+    }
+
+    /// Overwrite one stored record's bytes. Only for tests and repair tools.
+    #[doc(hidden)]
+    pub fn put_raw_record(&self, run: &str, seq: u64, bytes: &[u8]) -> Result<()> {
+        self.records
+            .insert(record_key(run, seq), bytes)
+            .map_err(|e| self.storage(e))?;
+        self.flush()
+    }
+
+    /// Replace each terminal run whose last record is older than `retention_ms` with a
+    /// single snapshot record of its final state. Returns the compacted run ids.
+    pub fn compact(&self, now_ms: u64, retention_ms: u64) -> Result<Vec<String>> {
+        if self.epoch.is_none() {
+            return Err(JournalError::ReadOnly);
+        }
+        let mut compacted = vec![];
+        for meta in self.runs()? {
+            let Ok(loaded) = self.load_run(&meta.run_id) else {
+                continue; // corrupt runs are kept as they are, for `journal verify`
+            };
+            let old_enough = loaded.last_at_ms.saturating_add(retention_ms) <= now_ms;
+            if !loaded.state.is_terminal() || loaded.compacted || !old_enough {
+                continue;
+            }
+            let body = RecordBody::Snapshot {
+                digest: loaded.state.digest(),
+                compacted_records: loaded.records,
+                state: Box::new(loaded.state),
+            };
+            let value = envelope::encode(&body, loaded.last_at_ms);
+            let mut batch = sled::Batch::default();
+            for (seq, _) in self.raw_records(&meta.run_id)? {
+                batch.remove(record_key(&meta.run_id, seq));
+            }
+            batch.insert(record_key(&meta.run_id, 1), value);
+            self.records
+                .apply_batch(batch)
+                .map_err(|e| self.storage(e))?;
+            let _ = self.progress.remove(meta.run_id.as_bytes());
+            compacted.push(meta.run_id);
+        }
+        self.flush()?;
+        Ok(compacted)
+    }
+
+    /// Fold a run's records into its state; refuses a run with any unverifiable record.
+    pub fn load_run(&self, run: &str) -> Result<LoadedRun> {
+        if self.run_meta(run)?.is_none() {
+            return Err(JournalError::NoSuchRun {
+                run: run.to_string(),
+            });
+        }
+        let raw = self.raw_records(run)?;
+        replay::load(run, &raw).map_err(|problem| JournalError::Corrupt {
+            run: run.to_string(),
+            problem,
+        })
+    }
+
+    /// Check every record of a run and report every problem found.
+    pub fn verify_run(&self, run: &str) -> Result<VerifyReport> {
+        let raw = self.raw_records(run)?;
+        Ok(replay::verify(run, &raw))
+    }
+}
+
+enum Rejection {
+    Fenced(u64),
+    Sequence,
+    RunExists,
+    NoSuchRun,
+}
+
+fn lock_holder(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("agent.pid"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}

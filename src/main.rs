@@ -1,0 +1,400 @@
+//! The `clearml-agent` command line: argument parsing and printing only.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::{Duration, UNIX_EPOCH};
+
+use clearml_agent::effects::simulated::{Script, SimulatedEffects};
+use clearml_agent::fsm::TaskSnapshot;
+use clearml_agent::host;
+use clearml_agent::journal::{export, inspect, Journal, JournalConfig};
+use clearml_agent::runner::{Driven, Runner, SystemClock};
+
+#[derive(Parser)]
+#[command(
+    name = "clearml-agent",
+    version,
+    about = "ClearML Agent in Rust: pulls ClearML tasks from queues and runs them, journaling every step so a crashed or preempted agent resumes instead of losing the task"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect, verify, export and compact the agent's run journal.
+    Journal {
+        #[command(subcommand)]
+        command: JournalCommand,
+    },
+    /// Drive one run with simulated effects (for the crash harness and fixtures).
+    #[command(hide = true, name = "simulate-run")]
+    SimulateRun(SimulateArgs),
+}
+
+#[derive(Args, Clone)]
+struct JournalOpts {
+    /// The journal directory [default: ~/.clearml/agent-journal].
+    #[arg(long, global = true, env = "CLEARML_AGENT_JOURNAL_DIR")]
+    journal_dir: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum JournalCommand {
+    /// List every run (no argument) or show one run's timeline (by run id or task id).
+    Inspect {
+        /// A run id (`<task_id>.<attempt>`) or a task id (shows each of its runs).
+        run_or_task: Option<String>,
+        #[command(flatten)]
+        opts: JournalOpts,
+    },
+    /// Check CRCs, sequence gaps and state digests by re-folding every record through the
+    /// state machine. Exits 1 when a problem is found.
+    Verify {
+        /// Only this run (default: every run).
+        run: Option<String>,
+        #[command(flatten)]
+        opts: JournalOpts,
+    },
+    /// Export one run as JSON (usable as a replay-test fixture). Secrets are masked.
+    Export {
+        run: String,
+        /// Write to this file instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        opts: JournalOpts,
+    },
+    /// Replace terminal runs older than the retention period with a snapshot record.
+    Compact {
+        /// Retention period, e.g. `7d`, `12h`, `0s`.
+        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+        older_than: Duration,
+        #[command(flatten)]
+        opts: JournalOpts,
+    },
+}
+
+#[derive(Args)]
+struct SimulateArgs {
+    /// Task id of a new run; without it, only resume the journal's unfinished runs.
+    #[arg(long)]
+    task_id: Option<String>,
+    /// Where the simulated effects keep their log and markers.
+    #[arg(long)]
+    effects_dir: PathBuf,
+    #[arg(long)]
+    fail_at: Option<String>,
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    exit_code: i32,
+    #[arg(long)]
+    abort_before: Option<String>,
+    #[arg(long)]
+    requeue_before: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    report_failures: u32,
+    /// Disable the flush after each append (to measure its cost only).
+    #[arg(long)]
+    no_flush: bool,
+    #[command(flatten)]
+    opts: JournalOpts,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("clearml-agent: error: {e:#}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Journal { command } => journal_command(command),
+        Command::SimulateRun(args) => simulate(args),
+    }
+}
+
+fn journal_dir(opts: &JournalOpts) -> Result<PathBuf> {
+    if let Some(dir) = &opts.journal_dir {
+        return Ok(dir.clone());
+    }
+    // The generic upstream override form for the config key agent.journal.dir.
+    if let Ok(dir) = std::env::var("CLEARML_AGENT__AGENT__JOURNAL__DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let home = std::env::var_os("HOME").context("HOME is not set; pass --journal-dir")?;
+    Ok(PathBuf::from(home).join(".clearml").join("agent-journal"))
+}
+
+fn open_reader(opts: &JournalOpts) -> Result<Journal> {
+    let dir = journal_dir(opts)?;
+    if !dir.exists() {
+        bail!("no journal at {} (pass --journal-dir)", dir.display());
+    }
+    let (journal, snapshot) = Journal::open_reader(&dir)?;
+    if snapshot && !opts.json {
+        eprintln!(
+            "note: {} is in use by a running agent; showing a point-in-time copy",
+            dir.display()
+        );
+    }
+    Ok(journal)
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn fmt_time(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+fn fmt_age(ms: u64) -> String {
+    let secs = host::now_ms().saturating_sub(ms) / 1000;
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{}s", s / 60, s % 60),
+        s if s < 86400 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+        s => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+/// Print rows as aligned columns.
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let n = cells.len();
+        let text: Vec<String> = cells
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i + 1 == n {
+                    c
+                } else {
+                    format!("{c:<w$}", w = widths[i])
+                }
+            })
+            .collect();
+        println!("{}", text.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+}
+
+fn journal_command(command: JournalCommand) -> Result<i32> {
+    match command {
+        JournalCommand::Inspect { run_or_task, opts } => {
+            let journal = open_reader(&opts)?;
+            match run_or_task {
+                None => {
+                    let runs = inspect::summaries(&journal)?;
+                    if opts.json {
+                        print_json(&runs)?;
+                    } else if runs.is_empty() {
+                        println!("no runs in {}", journal.dir().display());
+                    } else {
+                        let rows: Vec<Vec<String>> = runs
+                            .iter()
+                            .map(|r| {
+                                vec![
+                                    r.run_id.clone(),
+                                    r.task_id.clone(),
+                                    r.state.clone(),
+                                    r.attempt.to_string(),
+                                    fmt_age(r.created_ms),
+                                    r.last_event.clone(),
+                                ]
+                            })
+                            .collect();
+                        print_table(
+                            &["RUN", "TASK", "STATE", "ATTEMPT", "AGE", "LAST EVENT"],
+                            &rows,
+                        );
+                    }
+                }
+                Some(id) => {
+                    let metas = journal.find_runs(&id)?;
+                    if metas.is_empty() {
+                        bail!(
+                            "no run or task {id:?} in the journal at {}",
+                            journal.dir().display()
+                        );
+                    }
+                    let timelines = metas
+                        .iter()
+                        .map(|m| inspect::timeline(&journal, &m.run_id))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    if opts.json {
+                        print_json(&timelines)?;
+                    } else {
+                        for t in &timelines {
+                            let s = &t.summary;
+                            println!(
+                                "run {}  task {}  attempt {}  state {}  records {}  resumes {}  log shipped {} bytes",
+                                s.run_id, s.task_id, s.attempt, s.state, s.records, s.resumes,
+                                t.progress.log_offset_shipped
+                            );
+                            if let Some(outcome) = &s.outcome {
+                                println!("outcome: {outcome}");
+                            }
+                            let rows: Vec<Vec<String>> = t
+                                .entries
+                                .iter()
+                                .map(|e| {
+                                    vec![
+                                        e.seq.to_string(),
+                                        fmt_time(e.at_ms),
+                                        e.event.clone(),
+                                        e.effect_key.clone().unwrap_or_else(|| "-".into()),
+                                        e.duration_ms.map_or("-".into(), |d| format!("{d}ms")),
+                                        e.detail.clone(),
+                                    ]
+                                })
+                                .collect();
+                            print_table(
+                                &["SEQ", "TIME", "EVENT", "EFFECT KEY", "DURATION", "DETAIL"],
+                                &rows,
+                            );
+                            println!();
+                        }
+                    }
+                }
+            }
+            Ok(0)
+        }
+        JournalCommand::Verify { run, opts } => {
+            let journal = open_reader(&opts)?;
+            let runs: Vec<String> = match run {
+                Some(r) => {
+                    if journal.run_meta(&r)?.is_none() {
+                        bail!(
+                            "run {r:?}: no such run in the journal at {}",
+                            journal.dir().display()
+                        );
+                    }
+                    vec![r]
+                }
+                None => journal.runs()?.into_iter().map(|m| m.run_id).collect(),
+            };
+            let reports = runs
+                .iter()
+                .map(|r| journal.verify_run(r))
+                .collect::<Result<Vec<_>, _>>()?;
+            let bad = reports.iter().filter(|r| !r.ok()).count();
+            if opts.json {
+                print_json(&serde_json::json!({ "ok": bad == 0, "runs": reports }))?;
+            } else {
+                for r in &reports {
+                    if r.ok() {
+                        println!(
+                            "run {} ok: {} records, state {}, digest {}",
+                            r.run, r.records, r.state, r.digest
+                        );
+                    }
+                    for p in &r.problems {
+                        println!("run {} {p}", r.run);
+                    }
+                }
+                println!("{} run(s) checked, {bad} with problems", reports.len());
+            }
+            Ok(if bad == 0 { 0 } else { 1 })
+        }
+        JournalCommand::Export { run, output, opts } => {
+            let journal = open_reader(&opts)?;
+            let exported = export::export_run(&journal, &run)?;
+            let text = serde_json::to_string_pretty(&exported)?;
+            match output {
+                Some(path) => std::fs::write(&path, text + "\n")
+                    .with_context(|| format!("writing export to {}", path.display()))?,
+                None => println!("{text}"),
+            }
+            Ok(0)
+        }
+        JournalCommand::Compact { older_than, opts } => {
+            let dir = journal_dir(&opts)?;
+            let journal = Journal::open_writer(&dir, host::this_agent(), JournalConfig::default())?;
+            let compacted = journal.compact(host::now_ms(), older_than.as_millis() as u64)?;
+            if opts.json {
+                print_json(&serde_json::json!({ "compacted": compacted }))?;
+            } else {
+                println!("compacted {} run(s)", compacted.len());
+                for r in compacted {
+                    println!("  {r}");
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn simulate(args: SimulateArgs) -> Result<i32> {
+    let dir = journal_dir(&args.opts)?;
+    let config = JournalConfig {
+        flush_every_append: !args.no_flush,
+        ..JournalConfig::default()
+    };
+    let journal = Journal::open_writer(&dir, host::this_agent(), config)?;
+    let script = Script {
+        fail_at: args.fail_at,
+        exit_code: args.exit_code,
+        abort_before: args.abort_before,
+        requeue_before: args.requeue_before,
+        report_failures: args.report_failures,
+    };
+    let effects = SimulatedEffects::new(&args.effects_dir, script)
+        .with_context(|| format!("effects dir {}", args.effects_dir.display()))?;
+    let mut runner = Runner::new(journal, effects, SystemClock);
+    let mut results = vec![];
+    for (run, result) in runner.resume_all("agent restart")? {
+        results.push((run, result?));
+    }
+    if let Some(task_id) = args.task_id {
+        let snapshot = TaskSnapshot {
+            name: format!("simulated {task_id}"),
+            task_id,
+            repository: Some("https://example.invalid/repo.git".into()),
+            entry_point: Some("train.py".into()),
+            requirements: Some("six\n".into()),
+            ..TaskSnapshot::default()
+        };
+        let run = runner.start(snapshot)?;
+        let driven = runner.drive(&run)?;
+        results.push((run, driven));
+    }
+    // Deferred runs (a report that keeps failing) are retried here until they finish.
+    for (run, driven) in results.iter_mut() {
+        while matches!(driven, Driven::Deferred { .. }) {
+            *driven = runner.drive(run)?;
+        }
+    }
+    let summary: Vec<_> = results
+        .iter()
+        .map(|(run, d)| serde_json::json!({"run": run, "state": d.state().status_label(), "digest": d.state().digest()}))
+        .collect();
+    if args.opts.json {
+        print_json(&summary)?;
+    } else {
+        for (run, d) in &results {
+            println!("run {run}: {}", d.state().status_label());
+        }
+    }
+    Ok(0)
+}
