@@ -98,6 +98,11 @@ struct SimulateArgs {
     requeue_before: Option<String>,
     #[arg(long, default_value_t = 0)]
     report_failures: u32,
+    #[arg(long, default_value = "https://example.invalid/repo.git")]
+    repository: String,
+    /// Do not resume unfinished runs first.
+    #[arg(long)]
+    no_resume: bool,
     /// Disable the flush after each append (to measure its cost only).
     #[arg(long)]
     no_flush: bool,
@@ -363,14 +368,27 @@ fn simulate(args: SimulateArgs) -> Result<i32> {
         .with_context(|| format!("effects dir {}", args.effects_dir.display()))?;
     let mut runner = Runner::new(journal, effects, SystemClock);
     let mut results = vec![];
-    for (run, result) in runner.resume_all("agent restart")? {
-        results.push((run, result?));
+    let mut refused = 0;
+    let resumed = if args.no_resume {
+        vec![]
+    } else {
+        runner.resume_all("agent restart")?
+    };
+    for (run, result) in resumed {
+        match result {
+            Ok(driven) => results.push((run, driven)),
+            // One bad run must not stop the others.
+            Err(e) => {
+                refused += 1;
+                eprintln!("clearml-agent: {e}");
+            }
+        }
     }
     if let Some(task_id) = args.task_id {
         let snapshot = TaskSnapshot {
             name: format!("simulated {task_id}"),
             task_id,
-            repository: Some("https://example.invalid/repo.git".into()),
+            repository: Some(args.repository),
             entry_point: Some("train.py".into()),
             requirements: Some("six\n".into()),
             ..TaskSnapshot::default()
@@ -396,5 +414,5 @@ fn simulate(args: SimulateArgs) -> Result<i32> {
             println!("run {run}: {}", d.state().status_label());
         }
     }
-    Ok(0)
+    Ok(if refused == 0 { 0 } else { 3 })
 }

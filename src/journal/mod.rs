@@ -60,7 +60,7 @@ pub enum JournalError {
     RecordCap { run: String, cap: u64 },
     #[error("this journal handle is read-only (opened for inspection)")]
     ReadOnly,
-    #[error("run {run}: {problem}")]
+    #[error("run {run} {problem}; refusing to act on this run (see `clearml-agent journal verify {run}`)")]
     Corrupt { run: String, problem: Problem },
 }
 
@@ -462,6 +462,15 @@ impl Journal {
     pub fn put_raw_record(&self, run: &str, seq: u64, bytes: &[u8]) -> Result<()> {
         self.records
             .insert(record_key(run, seq), bytes)
+            .map_err(|e| self.storage(e))?;
+        self.flush()
+    }
+
+    /// Remove one stored record. Only for tests and repair tools.
+    #[doc(hidden)]
+    pub fn delete_raw_record(&self, run: &str, seq: u64) -> Result<()> {
+        self.records
+            .remove(record_key(run, seq))
             .map_err(|e| self.storage(e))?;
         self.flush()
     }
