@@ -51,11 +51,7 @@ pub fn redact_urls(text: &str) -> String {
 /// Redact a JSON value in place: secret-named fields are masked, URLs lose passwords.
 pub fn redact_json(value: &mut Value) {
     match value {
-        Value::String(s) => {
-            if s.contains("://") {
-                *s = redact_urls(s);
-            }
-        }
+        Value::String(s) if s.contains("://") => *s = redact_urls(s),
         Value::Array(items) => items.iter_mut().for_each(redact_json),
         Value::Object(map) => {
             for (k, v) in map.iter_mut() {

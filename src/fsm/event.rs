@@ -190,7 +190,8 @@ pub enum Event {
         run_id: String,
         attempt: u32,
         agent_version: String,
-        snapshot: TaskSnapshot,
+        /// Boxed: a snapshot is far larger than every other event.
+        snapshot: Box<TaskSnapshot>,
     },
     /// The intent: flushed to disk before the effect runs.
     EffectStarted {

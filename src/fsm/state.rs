@@ -188,7 +188,7 @@ impl RunState {
                 self.task_id = snapshot.task_id.clone();
                 self.attempt = *attempt;
                 self.agent_version = agent_version.clone();
-                self.snapshot = snapshot.clone();
+                self.snapshot = (**snapshot).clone();
                 self.phase = Phase::Pulled;
             }
             Event::EffectStarted {

@@ -14,7 +14,7 @@ fn pulled() -> Event {
         run_id: "t1.1".into(),
         attempt: 1,
         agent_version: "test".into(),
-        snapshot: snapshot(),
+        snapshot: Box::new(snapshot()),
     }
 }
 

@@ -40,6 +40,9 @@ pub enum RunnerError {
     },
 }
 
+/// How driving one run ended, per run, when several are resumed.
+pub type RunResult = Result<Driven, RunnerError>;
+
 /// Where driving a run stopped.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Driven {
@@ -95,7 +98,7 @@ impl<E: EffectHandler, C: Clock> Runner<E, C> {
             run_id: run.clone(),
             attempt,
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
-            snapshot: snapshot.clone(),
+            snapshot: Box::new(snapshot.clone()),
         };
         check(&run, &RunState::default(), &event)?;
         let meta = RunMeta {
@@ -111,10 +114,7 @@ impl<E: EffectHandler, C: Clock> Runner<E, C> {
 
     /// Resume every non-terminal run in the journal. A corrupt run is refused (its error
     /// is returned in the list) and the others go on.
-    pub fn resume_all(
-        &mut self,
-        reason: &str,
-    ) -> Result<Vec<(String, Result<Driven, RunnerError>)>, RunnerError> {
+    pub fn resume_all(&mut self, reason: &str) -> Result<Vec<(String, RunResult)>, RunnerError> {
         let mut out = vec![];
         for meta in self.journal.runs()? {
             let result = match self.journal.load_run(&meta.run_id) {

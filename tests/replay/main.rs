@@ -22,10 +22,23 @@ fn replay(name: &str) -> RunState {
         "{name}: fixtures keep the exact stored bytes"
     );
     let loaded = export.replay().unwrap_or_else(|e| panic!("{name}: {e}"));
-    let recorded = export.final_state.clone().expect("fixture has a final state");
-    assert_eq!(loaded.state, recorded, "{name}: replay diverged from the recording");
-    assert_eq!(Some(loaded.state.digest()), export.final_digest, "{name}: digest");
-    assert!(loaded.state.is_terminal(), "{name}: fixtures are finished runs");
+    let recorded = export
+        .final_state
+        .clone()
+        .expect("fixture has a final state");
+    assert_eq!(
+        loaded.state, recorded,
+        "{name}: replay diverged from the recording"
+    );
+    assert_eq!(
+        Some(loaded.state.digest()),
+        export.final_digest,
+        "{name}: digest"
+    );
+    assert!(
+        loaded.state.is_terminal(),
+        "{name}: fixtures are finished runs"
+    );
     assert_eq!(loaded.state.pending, None);
     loaded.state
 }
@@ -75,7 +88,10 @@ fn aborts_and_requeues_end_as_requested() {
     assert_eq!(s.source, None, "no clone after the abort");
     let s = replay("abort-while-running");
     assert!(matches!(s.outcome, Some(Outcome::Aborted { .. })));
-    assert!(s.process.is_some(), "the process was started, then terminated");
+    assert!(
+        s.process.is_some(),
+        "the process was started, then terminated"
+    );
     let s = replay("requeue-while-running");
     assert!(matches!(s.outcome, Some(Outcome::Requeued { .. })));
 }
@@ -123,9 +139,11 @@ fn a_tampered_fixture_is_caught() {
     let rec = export
         .records
         .iter_mut()
-        .find(|r| r.name == "EffectDone" && r.raw_hex.is_some() && {
-            let b = serde_json::to_string(&r.body).unwrap();
-            b.contains("Exited")
+        .find(|r| {
+            r.name == "EffectDone" && r.raw_hex.is_some() && {
+                let b = serde_json::to_string(&r.body).unwrap();
+                b.contains("Exited")
+            }
         })
         .unwrap();
     let mut body = serde_json::to_value(&rec.body).unwrap();
