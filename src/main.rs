@@ -5,6 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
+use clearml_agent::config::Config;
 use clearml_agent::effects::simulated::{Script, SimulatedEffects};
 use clearml_agent::fsm::TaskSnapshot;
 use clearml_agent::host;
@@ -36,9 +37,12 @@ enum Command {
 
 #[derive(Args, Clone)]
 struct JournalOpts {
-    /// The journal directory [default: ~/.clearml/agent-journal].
+    /// The journal directory [default: config key agent.journal.dir, else ~/.clearml/agent-journal].
     #[arg(long, global = true, env = "CLEARML_AGENT_JOURNAL_DIR")]
     journal_dir: Option<PathBuf>,
+    /// The clearml.conf to read [default: $CLEARML_CONFIG_FILE, else ~/clearml.conf].
+    #[arg(long, global = true)]
+    config_file: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -133,12 +137,7 @@ fn journal_dir(opts: &JournalOpts) -> Result<PathBuf> {
     if let Some(dir) = &opts.journal_dir {
         return Ok(dir.clone());
     }
-    // The generic upstream override form for the config key agent.journal.dir.
-    if let Ok(dir) = std::env::var("CLEARML_AGENT__AGENT__JOURNAL__DIR") {
-        return Ok(PathBuf::from(dir));
-    }
-    let home = std::env::var_os("HOME").context("HOME is not set; pass --journal-dir")?;
-    Ok(PathBuf::from(home).join(".clearml").join("agent-journal"))
+    Ok(Config::load(opts.config_file.as_deref())?.journal_dir())
 }
 
 fn open_reader(opts: &JournalOpts) -> Result<Journal> {

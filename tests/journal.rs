@@ -237,3 +237,49 @@ fn every_journal_command_has_help_and_json() {
         );
     }
 }
+
+#[test]
+fn the_journal_dir_comes_from_clearml_conf_and_a_bad_file_names_line_and_column() {
+    let dirs = Dirs::new();
+    assert!(dirs
+        .simulate_cmd(&["--task-id", "c"])
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let conf = dirs.effects.join("clearml.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "agent {{\n  journal {{ dir: \"{}\" }}\n}}\n",
+            dirs.journal.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["journal", "inspect", "--json"])
+        .env("CLEARML_CONFIG_FILE", &conf)
+        .env_remove("CLEARML_AGENT_JOURNAL_DIR")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json(&out)[0]["run_id"], "c.1");
+    std::fs::write(&conf, "agent {\n  journal { dir: \"/x }\n}\n").unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["journal", "inspect", "--config-file"])
+        .arg(&conf)
+        .env_remove("CLEARML_AGENT_JOURNAL_DIR")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!("config file {}: line 2, column", conf.display()))
+            && err.contains("unterminated string"),
+        "{err}"
+    );
+}
