@@ -121,6 +121,17 @@ pub struct Journal {
     /// `None` for a read-only handle.
     epoch: Option<u64>,
     config: JournalConfig,
+    /// Deletes the point-in-time copy a reader opened; declared last so sled is closed first.
+    _copy: Option<std::sync::Arc<CopyGuard>>,
+}
+
+/// Removes a journal copy when the last handle on it is dropped.
+struct CopyGuard(PathBuf);
+
+impl Drop for CopyGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 const EPOCH_KEY: &[u8] = b"epoch";
@@ -170,7 +181,8 @@ impl Journal {
                     dir: dir.to_path_buf(),
                     source: sled::Error::Io(e),
                 })?;
-                let j = Self::open_db(&copy, JournalConfig::default())?;
+                let mut j = Self::open_db(&copy, JournalConfig::default())?;
+                j._copy = Some(std::sync::Arc::new(CopyGuard(copy)));
                 Ok((j, true))
             }
             Err(e) => Err(e),
@@ -212,6 +224,7 @@ impl Journal {
             dir: dir.to_path_buf(),
             epoch: None,
             config,
+            _copy: None,
         })
     }
 
