@@ -172,18 +172,32 @@ impl Journal {
         match Self::open_db(dir, JournalConfig::default()) {
             Ok(j) => Ok((j, false)),
             Err(JournalError::Locked { .. }) => {
+                // The live agent may write while we copy; a torn copy fails to open, so
+                // take a fresh copy a few times before giving up.
                 let copy = std::env::temp_dir().join(format!(
                     "clearml-agent-journal-snapshot-{}",
                     std::process::id()
                 ));
+                let mut last = None;
+                for _ in 0..3 {
+                    let _ = std::fs::remove_dir_all(&copy);
+                    if let Err(e) = copy_dir(dir, &copy) {
+                        last = Some(JournalError::Storage {
+                            dir: dir.to_path_buf(),
+                            source: sled::Error::Io(e),
+                        });
+                        continue;
+                    }
+                    match Self::open_db(&copy, JournalConfig::default()) {
+                        Ok(mut j) => {
+                            j._copy = Some(std::sync::Arc::new(CopyGuard(copy)));
+                            return Ok((j, true));
+                        }
+                        Err(e) => last = Some(e),
+                    }
+                }
                 let _ = std::fs::remove_dir_all(&copy);
-                copy_dir(dir, &copy).map_err(|e| JournalError::Storage {
-                    dir: dir.to_path_buf(),
-                    source: sled::Error::Io(e),
-                })?;
-                let mut j = Self::open_db(&copy, JournalConfig::default())?;
-                j._copy = Some(std::sync::Arc::new(CopyGuard(copy)));
-                Ok((j, true))
+                Err(last.expect("at least one attempt"))
             }
             Err(e) => Err(e),
         }
