@@ -4,7 +4,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 
 use super::envelope::{self, RecordBody};
-use super::{Journal, JournalError, Progress};
+use super::{Journal, JournalError, Progress, RunMeta};
 use crate::fsm::{EffectResult, Event};
 use crate::redact;
 
@@ -48,45 +48,48 @@ pub fn summaries(journal: &Journal) -> Result<Vec<RunSummary>, JournalError> {
     journal
         .runs()?
         .into_iter()
-        .map(|meta| {
-            let mut s = RunSummary {
-                run_id: meta.run_id.clone(),
-                task_id: meta.task_id,
-                attempt: meta.attempt,
-                state: String::new(),
-                outcome: None,
-                created_ms: meta.created_ms,
-                last_at_ms: meta.created_ms,
-                last_event: String::new(),
-                records: 0,
-                resumes: 0,
-                epoch: 0,
-                compacted: false,
-            };
-            match journal.load_run(&meta.run_id) {
-                Ok(l) => {
-                    s.state = l.state.status_label();
-                    s.outcome = l
-                        .state
-                        .outcome
-                        .as_ref()
-                        .map(|o| redact::redact_urls(&o.to_string()));
-                    s.last_at_ms = l.last_at_ms;
-                    s.last_event = l.last_event;
-                    s.records = l.records;
-                    s.resumes = l.state.resumes.len();
-                    s.epoch = l.state.epoch;
-                    s.compacted = l.compacted;
-                }
-                Err(JournalError::Corrupt { problem, .. }) => {
-                    s.state = format!("corrupt: {problem}");
-                    s.records = journal.raw_records(&meta.run_id)?.len() as u64;
-                }
-                Err(e) => return Err(e),
-            }
-            Ok(s)
-        })
+        .map(|meta| summary(journal, meta))
         .collect()
+}
+
+/// One run's summary line; a corrupt run is summarised, not an error.
+pub fn summary(journal: &Journal, meta: RunMeta) -> Result<RunSummary, JournalError> {
+    let mut s = RunSummary {
+        run_id: meta.run_id.clone(),
+        task_id: meta.task_id,
+        attempt: meta.attempt,
+        state: String::new(),
+        outcome: None,
+        created_ms: meta.created_ms,
+        last_at_ms: meta.created_ms,
+        last_event: String::new(),
+        records: 0,
+        resumes: 0,
+        epoch: 0,
+        compacted: false,
+    };
+    match journal.load_run(&meta.run_id) {
+        Ok(l) => {
+            s.state = l.state.status_label();
+            s.outcome = l
+                .state
+                .outcome
+                .as_ref()
+                .map(|o| redact::redact_urls(&o.to_string()));
+            s.last_at_ms = l.last_at_ms;
+            s.last_event = l.last_event;
+            s.records = l.records;
+            s.resumes = l.state.resumes.len();
+            s.epoch = l.state.epoch;
+            s.compacted = l.compacted;
+        }
+        Err(JournalError::Corrupt { problem, .. }) => {
+            s.state = format!("corrupt: {problem}");
+            s.records = journal.raw_records(&meta.run_id)?.len() as u64;
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(s)
 }
 
 fn describe(body: &RecordBody) -> String {
@@ -146,12 +149,12 @@ fn describe(body: &RecordBody) -> String {
 }
 
 pub fn timeline(journal: &Journal, run: &str) -> Result<RunTimeline, JournalError> {
-    let summary = summaries(journal)?
-        .into_iter()
-        .find(|s| s.run_id == run)
+    let meta = journal
+        .run_meta(run)?
         .ok_or_else(|| JournalError::NoSuchRun {
             run: run.to_string(),
         })?;
+    let summary = summary(journal, meta)?;
     let mut started: HashMap<String, u64> = HashMap::new();
     let mut entries = vec![];
     for (seq, bytes) in journal.raw_records(run)? {
