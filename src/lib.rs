@@ -9,3 +9,4 @@ pub mod host;
 pub mod journal;
 pub mod redact;
 pub mod runner;
+pub mod server;

@@ -30,9 +30,36 @@ enum Command {
         #[command(subcommand)]
         command: JournalCommand,
     },
+    /// Run the embedded ClearML-compatible server (REST API and files server) on its own store.
+    Server(ServerArgs),
     /// Drive one run with simulated effects (for the crash harness and fixtures).
     #[command(hide = true, name = "simulate-run")]
     SimulateRun(SimulateArgs),
+}
+
+#[derive(Args, Clone)]
+struct ServerArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// API port (0 picks a free one).
+    #[arg(long, default_value_t = 8008)]
+    port: u16,
+    /// Files server port (0 picks a free one).
+    #[arg(long, default_value_t = 8081)]
+    files_port: u16,
+    /// Where the server keeps its store, files and generated credentials.
+    #[arg(long, env = "CLEARML_SERVER_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Largest accepted API request body, in MiB.
+    #[arg(long, default_value_t = 16)]
+    max_body_mb: usize,
+    /// Log one line per API call (method, endpoint, status, duration) to stderr.
+    #[arg(long)]
+    access_log: bool,
+    /// Print the start-up information as one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Clone)]
@@ -130,6 +157,83 @@ fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Journal { command } => journal_command(command),
         Command::SimulateRun(args) => simulate(args),
+        Command::Server(args) => server(args),
+    }
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn server(args: ServerArgs) -> Result<i32> {
+    use clearml_agent::server::{client_exports, run, ServerOptions};
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| home().join(".clearml").join("server"));
+    let mut opts = ServerOptions::new(data_dir.clone());
+    opts.host = args.host.clone();
+    opts.port = args.port;
+    opts.files_port = args.files_port;
+    opts.max_body_bytes = args.max_body_mb.max(1) * 1024 * 1024;
+    opts.access_log = args.access_log;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let json = args.json;
+    let started = std::time::Instant::now();
+    runtime.block_on(run(
+        opts,
+        |app, bound| {
+            let env_file = data_dir.join("server.env");
+            if json {
+                let info = serde_json::json!({
+                    "api": format!("http://{}", bound.api),
+                    "files": format!("http://{}", bound.files),
+                    "data_dir": data_dir,
+                    "env_file": env_file,
+                    "clearml_conf": data_dir.join("clearml.conf"),
+                    "access_key": app.server.access_key,
+                    "first_start": bound.first_start,
+                    "startup_ms": started.elapsed().as_millis() as u64,
+                });
+                println!("{info}");
+            } else {
+                println!(
+                    "clearml-agent server: API http://{} files http://{} data {} (ready in {} ms)",
+                    bound.api,
+                    bound.files,
+                    data_dir.display(),
+                    started.elapsed().as_millis()
+                );
+                if bound.first_start {
+                    println!("New credentials were generated. Point the SDK and agents at this server:");
+                } else {
+                    println!("Point the SDK and agents at this server (`. {}` sets all of it):", env_file.display());
+                }
+                print!("{}", client_exports(app, bound, bound.first_start));
+                println!("A clearml.conf with the same settings: {}", data_dir.join("clearml.conf").display());
+            }
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+        },
+        shutdown_signal(),
+    ))
+    .with_context(|| format!("server with data dir {}", data_dir.display()))?;
+    eprintln!("clearml-agent server: stopped, store flushed");
+    Ok(0)
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
     }
 }
 

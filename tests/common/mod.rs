@@ -118,3 +118,4 @@ pub fn json(out: &Output) -> serde_json::Value {
         )
     })
 }
+pub mod server;
