@@ -2,31 +2,14 @@
 //! start-up replay speed over 10,000 journaled runs, and bytes on disk per completed run.
 //! Runs in a temp dir on the same disk as the repository; prints a Markdown table.
 
+mod support;
+use support::{dir_size, percentile};
+
 use clearml_agent::effects::simulated::{Script, SimulatedEffects};
 use clearml_agent::fsm::{CommandKind, EffectKey, Event, TaskSnapshot};
 use clearml_agent::journal::{EpochInfo, Journal, JournalConfig, RecordBody, RunMeta};
 use clearml_agent::runner::{Runner, SystemClock};
-use std::path::Path;
 use std::time::Instant;
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
-fn dir_size(p: &Path) -> u64 {
-    std::fs::read_dir(p)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => dir_size(&e.path()),
-                    Ok(m) => m.len(),
-                    Err(_) => 0,
-                })
-                .sum()
-        })
-        .unwrap_or(0)
-}
 
 fn append_latency(n: usize) -> (f64, f64, f64) {
     let tmp = tempfile::tempdir_in(".").unwrap();

@@ -1,18 +1,56 @@
 #!/usr/bin/env bash
-# The main job on the embedded default: run sample tasks through the journaled state
-# machine, then show the journal. Until the embedded server and the real git/venv/process
-# effects land, the effects are the simulated ones (they record every call); a kill -9
-# mid-run shows the resume.
+# The main job on the embedded default:
+#  1. start `clearml-agent server` (the embedded ClearML-compatible API + files server) and print
+#     how to point the SDK and agents at it;
+#  2. create a sample task with the real clearml SDK, enqueue it, and have an agent execute it.
+#     Until our own `daemon` lands (issue 4), the agent here is the pinned Python clearml-agent;
+#  3. run sample tasks through our journaled state machine (simulated effects), kill -9 one
+#     mid-run, restart, and show the journal.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
-B=target/release/clearml-agent
+B=$PWD/target/release/clearml-agent
 DEMO=${DEMO_DIR:-$(mktemp -d)}
+echo "== demo dir $DEMO"
+
+echo "== 1. clearml-agent server --data-dir $DEMO/server"
+"$B" server --data-dir "$DEMO/server" --port 0 --files-port 0 >"$DEMO/server.out" 2>"$DEMO/server.err" &
+server=$!
+trap 'kill $server 2>/dev/null || true; [ -n "${agent:-}" ] && kill $agent 2>/dev/null || true' EXIT
+until [ -s "$DEMO/server/server.env" ] && grep -q "clearml.conf" "$DEMO/server.out" 2>/dev/null; do sleep 0.1; done
+cat "$DEMO/server.out"
+# shellcheck disable=SC1091
+. "$DEMO/server/server.env"
+export CLEARML_CONFIG_FILE=/nonexistent HOME="$DEMO/home" PYTHONUNBUFFERED=1
+mkdir -p "$HOME"
+
+echo "== 2. a sample task, created with the clearml SDK and executed by an agent"
+VENV=$(scripts/python-venv.sh)
+cat >"$DEMO/sample.py" <<'PY'
+import platform, six
+print("sample task running on", platform.node(), "with six", six.__version__)
+PY
+id=$("$VENV/bin/python" tests/python/sdk_flow.py "$DEMO/sample.py" demo "sample task" | tail -1 |
+  "$VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+echo "task $id created and enqueued on 'default'"
+PATH="$VENV/bin:$PATH" "$VENV/bin/clearml-agent" daemon --queue default --foreground >"$DEMO/agent.log" 2>&1 &
+agent=$!
+status=""
+for _ in $(seq 1 600); do
+  status=$("$VENV/bin/python" tests/python/status.py "$id" 20 2>/dev/null | tail -1 |
+    "$VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["status"])' || true)
+  case "$status" in completed|failed|stopped) break ;; esac
+  sleep 1
+done
+echo "task $id: $status; its console output as the SDK reads it:"
+"$VENV/bin/python" tests/python/status.py "$id" 20 | tail -1 |
+  "$VENV/bin/python" -c 'import json,sys; [print("  |", l.rstrip()) for l in json.load(sys.stdin)["console"] if "sample task" in l]'
+kill "$agent"; wait "$agent" 2>/dev/null || true; agent=""
+
+echo "== 3. the journaled state machine: sample runs, one killed with -9 and resumed"
 J="$DEMO/journal"; E="$DEMO/effects"
-echo "== journal in $J"
 "$B" simulate-run --journal-dir "$J" --effects-dir "$E" --task-id sample-task
 "$B" simulate-run --journal-dir "$J" --effects-dir "$E" --task-id failing-task --exit-code 3
-echo "== kill -9 the agent after journal record 6 of crashed-task, then restart it"
 CLEARML_AGENT_FAILPOINTS=after-seq:6 "$B" simulate-run --journal-dir "$J" --effects-dir "$E" \
   --task-id crashed-task 2>"$DEMO/err" &
 pid=$!
@@ -25,3 +63,4 @@ echo "== clearml-agent journal inspect crashed-task"
 "$B" journal inspect crashed-task --journal-dir "$J"
 echo "== clearml-agent journal verify"
 "$B" journal verify --journal-dir "$J"
+[ "$status" = completed ]

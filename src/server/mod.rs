@@ -82,7 +82,7 @@ impl ServerOptions {
 
 /// Shared state of a running server.
 pub struct App {
-    pub store: Store,
+    pub store: Arc<Store>,
     pub server: ServerIdentity,
     pub semantics: Semantics,
     pub files_root: PathBuf,
@@ -108,7 +108,8 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ServerError + '_ {
 /// Opens the store, creating the identity and the `default` queue on the first start.
 pub fn open_app(opts: &ServerOptions) -> Result<(App, bool), ServerError> {
     std::fs::create_dir_all(&opts.data_dir).map_err(io_err(&opts.data_dir))?;
-    let store = Store::open(&opts.data_dir)?;
+    let store = Arc::new(Store::open(&opts.data_dir)?);
+    store.start_persister();
     let (server, first_start) = match store.meta_get("identity")? {
         Some(bytes) => match serde_json::from_slice::<ServerIdentity>(&bytes) {
             Ok(identity) => (identity, false),

@@ -99,29 +99,26 @@ fn coerce(raw: &str) -> Value {
 
 /// Merges `a=1&b.c=x&l[]=1&l[]=2` into `body`.
 pub fn merge_query(body: &mut Map<String, Value>, query: &str) {
-    let mut lists: Vec<(String, Value)> = Vec::new();
+    // (key, values, written as `key[]`): a key seen more than once, or with [], becomes a list.
+    let mut grouped: Vec<(String, Vec<Value>, bool)> = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let key = percent_decode(k);
+        let raw_key = percent_decode(k);
         let value = coerce(&percent_decode(v));
-        if let Some(base) = key.strip_suffix("[]") {
-            lists.push((base.to_string(), value));
-            continue;
-        }
-        lists.push((key, value));
-    }
-    // A key seen more than once (or with []) becomes a list, in order.
-    let mut grouped: Vec<(String, Vec<Value>, bool)> = Vec::new();
-    for (key, value) in lists {
-        let forced_list =
-            query.contains(&format!("{key}[]")) || query.contains(&format!("{key}%5B%5D"));
+        let (key, bracketed) = match raw_key.strip_suffix("[]") {
+            Some(base) => (base.to_string(), true),
+            None => (raw_key, false),
+        };
         match grouped.iter_mut().find(|(k, _, _)| *k == key) {
-            Some(entry) => entry.1.push(value),
-            None => grouped.push((key, vec![value], forced_list)),
+            Some(entry) => {
+                entry.1.push(value);
+                entry.2 |= bracketed;
+            }
+            None => grouped.push((key, vec![value], bracketed)),
         }
     }
-    for (key, mut values, forced_list) in grouped {
-        let value = if values.len() == 1 && !forced_list {
+    for (key, mut values, bracketed) in grouped {
+        let value = if values.len() == 1 && !bracketed {
             values.remove(0)
         } else {
             Value::Array(values)

@@ -1,8 +1,9 @@
 //! The server's own persistent store (sled; never the agent's journal).
 //!
 //! Documents (tasks, projects, queues, workers) live in memory behind one mutex, so that every
-//! read-check-write (a status transition, a queue pop) is atomic, and each one a call changed is
-//! written through to its sled tree before the lock is released. Events are append-only and go
+//! read-check-write (a status transition, a queue pop) is atomic. Changed documents are marked
+//! dirty and written to their sled trees by a persister every 50 ms (so a queue popped 100 times
+//! in that window is written once), and by [`Store::flush`] at shutdown. Events are append-only and go
 //! straight to sled: log events keyed `task \0 timestamp seq` (so "latest N" and timestamp
 //! navigation are range scans), other events keyed `task \0 seq`.
 
@@ -95,7 +96,11 @@ pub struct Store {
     events: sled::Tree,
     log_counts: sled::Tree,
     docs: Mutex<Docs>,
+    persist_lock: Mutex<()>,
 }
+
+/// How long a changed document may wait in memory before it is written to sled.
+pub const PERSIST_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 
 fn task_prefix(task: &str) -> Vec<u8> {
     let mut k = task.as_bytes().to_vec();
@@ -117,6 +122,8 @@ impl Store {
         let db = sled::Config::new()
             .path(dir.join("db"))
             .flush_every_ms(Some(200))
+            // sled's default page cache is 1 GiB; the documents already live in memory.
+            .cache_capacity(64 * 1024 * 1024)
             .open()
             .map_err(|source| StoreError::Open {
                 dir: dir.display().to_string(),
@@ -149,6 +156,7 @@ impl Store {
             db,
             trees,
             docs: Mutex::new(docs),
+            persist_lock: Mutex::new(()),
         })
     }
 
@@ -158,29 +166,62 @@ impl Store {
         self.docs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs `f` on the documents under the lock; whatever it changed is written to sled before
-    /// the lock is released, whether `f` succeeded or not (memory and disk never disagree).
+    /// Runs `f` on the documents under the lock. Whatever it changed (whether `f` succeeded or
+    /// not) is marked dirty and written to sled by the persister within [`PERSIST_EVERY`], or by
+    /// [`Store::flush`]; many changes to one document in that window cost one write.
     pub fn write<T, E: From<StoreError>>(
         &self,
         f: impl FnOnce(&mut Docs) -> Result<T, E>,
     ) -> Result<T, E> {
         let mut docs = self.lock();
-        let result = f(&mut docs);
-        let dirty: Vec<(Kind, String)> = docs.dirty.drain().collect();
-        for (kind, id) in dirty {
-            let tree = &self.trees[&kind];
-            let outcome = match docs.get(kind, &id) {
-                Some(doc) => tree
-                    .insert(
-                        id.as_bytes(),
-                        serde_json::to_vec(doc).expect("JSON encodes"),
-                    )
-                    .map(|_| ()),
-                None => tree.remove(id.as_bytes()).map(|_| ()),
-            };
-            outcome.map_err(StoreError::from)?;
+        f(&mut docs)
+    }
+
+    /// Writes every dirty document to sled. The snapshot is taken under the documents' lock (so
+    /// it is consistent); the writes happen after it is released, serialized by `persist_lock`
+    /// so that an older snapshot never lands after a newer one.
+    pub fn persist_dirty(&self) -> Result<usize, StoreError> {
+        let _order = self.persist_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let snapshot: Vec<(Kind, String, Option<Vec<u8>>)> = {
+            let mut docs = self.lock();
+            let dirty: Vec<(Kind, String)> = docs.dirty.drain().collect();
+            dirty
+                .into_iter()
+                .map(|(kind, id)| {
+                    let bytes = docs
+                        .get(kind, &id)
+                        .map(|d| serde_json::to_vec(d).expect("JSON encodes"));
+                    (kind, id, bytes)
+                })
+                .collect()
+        };
+        let mut batches: HashMap<Kind, sled::Batch> = HashMap::new();
+        for (kind, id, bytes) in &snapshot {
+            let batch = batches.entry(*kind).or_default();
+            match bytes {
+                Some(b) => batch.insert(id.as_bytes(), b.as_slice()),
+                None => batch.remove(id.as_bytes()),
+            }
         }
-        result
+        for (kind, batch) in batches {
+            self.trees[&kind].apply_batch(batch)?;
+        }
+        Ok(snapshot.len())
+    }
+
+    /// Starts the background persister; it stops when the store is dropped.
+    pub fn start_persister(self: &std::sync::Arc<Self>) {
+        let weak = std::sync::Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("store-persister".into())
+            .spawn(move || loop {
+                std::thread::sleep(PERSIST_EVERY);
+                let Some(store) = weak.upgrade() else { return };
+                if let Err(e) = store.persist_dirty() {
+                    eprintln!("clearml-agent server: writing documents to the store failed (will retry): {e}");
+                }
+            })
+            .expect("a thread starts");
     }
 
     /// Runs `f` on the documents under the lock, read-only.
@@ -298,7 +339,9 @@ impl Store {
         Ok(removed)
     }
 
+    /// Writes every pending change and syncs sled to disk.
     pub fn flush(&self) -> Result<(), StoreError> {
+        self.persist_dirty()?;
         self.db.flush()?;
         Ok(())
     }

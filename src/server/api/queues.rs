@@ -43,10 +43,14 @@ fn queue<'d>(docs: &'d Docs, id: &str) -> Result<&'d Doc, ApiError> {
 }
 
 fn entries(doc: &Doc) -> Vec<Value> {
+    entries_of(doc).to_vec()
+}
+
+fn entries_of(doc: &Doc) -> &[Value] {
     doc.get("entries")
         .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
 }
 
 /// The queue tagged `default`: 400/707 when none is, 400/708 when several are.
@@ -188,8 +192,11 @@ fn get_next_task(ctx: &Ctx, p: &Params) -> Result<Value, ApiError> {
     let only_task = p.str("task")?;
     let task_info = p.bool("get_task_info", false)?;
     ctx.store.write(|docs| {
-        let mut list = entries(queue(docs, id)?);
-        let head_matches = match (list.first(), only_task) {
+        let head = queue(docs, id)?
+            .get("entries")
+            .and_then(Value::as_array)
+            .and_then(|e| e.first());
+        let head_matches = match (head, only_task) {
             (None, _) => false,
             (Some(head), Some(t)) => head["task"] == t,
             (Some(_), None) => true,
@@ -197,9 +204,12 @@ fn get_next_task(ctx: &Ctx, p: &Params) -> Result<Value, ApiError> {
         if !head_matches {
             return Ok(json!({}));
         }
-        let entry = list.remove(0);
+        // Pop in place: cloning the entry list would make every pop O(queue length).
         let q = docs.doc_mut(Kind::Queue, id).expect("checked above");
-        q.insert("entries".into(), Value::Array(list));
+        let entry = match q.get_mut("entries") {
+            Some(Value::Array(list)) => list.remove(0),
+            _ => unreachable!("the head was read above"),
+        };
         q.insert("last_update".into(), json!(ctx.now_iso()));
         let task_id = entry["task"].as_str().unwrap_or("").to_string();
         let mut out = json!({"entry": entry});
@@ -227,17 +237,26 @@ fn add_task(ctx: &Ctx, p: &Params) -> Result<Value, ApiError> {
     let task = p.req_id("task")?;
     ctx.store.write(|docs| {
         super::task(docs, task)?;
-        let mut list = entries(queue(docs, id)?);
-        if list.iter().any(|e| e["task"] == task) {
+        if entries_of(queue(docs, id)?)
+            .iter()
+            .any(|e| e["task"] == task)
+        {
             return Err(ApiError::new(
                 400,
                 706,
                 format!("Task already queued: task={task}, queue={id}"),
             ));
         }
-        list.push(json!({"task": task, "added": ctx.now_iso()}));
         let q = docs.doc_mut(Kind::Queue, id).expect("checked above");
-        q.insert("entries".into(), Value::Array(list));
+        match q.get_mut("entries") {
+            Some(Value::Array(list)) => list.push(json!({"task": task, "added": ctx.now_iso()})),
+            _ => {
+                q.insert(
+                    "entries".into(),
+                    json!([{"task": task, "added": ctx.now_iso()}]),
+                );
+            }
+        }
         q.insert("last_update".into(), json!(ctx.now_iso()));
         Ok(json!({"added": 1}))
     })
