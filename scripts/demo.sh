@@ -44,7 +44,7 @@ for _ in $(seq 1 600); do
 done
 echo "task $id: $status; its console output as the SDK reads it:"
 "$VENV/bin/python" tests/python/status.py "$id" 20 | tail -1 |
-  "$VENV/bin/python" -c 'import json,sys; [print("  |", l.rstrip()) for l in json.load(sys.stdin)["console"] if "sample task" in l]'
+  "$VENV/bin/python" -c 'import json,sys; [print("  |", l) for m in json.load(sys.stdin)["console"] for l in m.splitlines() if "sample task running" in l]'
 kill "$agent"; wait "$agent" 2>/dev/null || true; agent=""
 
 echo "== 3. the journaled state machine: sample runs, one killed with -9 and resumed"

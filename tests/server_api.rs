@@ -697,6 +697,40 @@ fn files_server_round_trip_auth_and_confinement() {
 }
 
 #[test]
+fn get_all_filters_regex_names_projection_and_hidden() {
+    let (_d, s) = server();
+    let a = s.create_task("alpha train");
+    let b = s.create_task("beta train");
+    let hidden = s.create_task("alpha hidden");
+    s.call("tasks.edit", json!({"task": hidden, "system_tags": ["hidden"], "runtime": {"x": 1, "y": 2}})).ok();
+    s.call("tasks.edit", json!({"task": a, "script": {"requirements": {"pip": "six"}, "entry_point": "a.py"}})).ok();
+    let ids = |body: Value| -> Vec<String> {
+        let mut v: Vec<String> = s.call("tasks.get_all", body).ok()["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    assert_eq!(ids(json!({"name": "^alpha"})), vec![a.clone()], "hidden tasks are left out");
+    assert_eq!(ids(json!({"name": "^alpha", "search_hidden": true})), sorted(vec![a.clone(), hidden.clone()]));
+    assert_eq!(ids(json!({"name": "train$"})), sorted(vec![a.clone(), b.clone()]));
+    assert_eq!(ids(json!({"id": [hidden]})), vec![hidden.clone()], "asking by id finds hidden tasks");
+    let t = &s.call("tasks.get_all", json!({"id": [a], "only_fields": ["script.requirements", "status"]})).ok()["tasks"][0];
+    assert_eq!(t, &json!({"id": a, "status": "created", "script": {"requirements": {"pip": "six"}}}));
+    let t = &s.call("tasks.get_all", json!({"id": [hidden], "only_fields": ["runtime.y"]})).ok()["tasks"][0];
+    assert_eq!(t, &json!({"id": hidden, "runtime": {"y": 2}}));
+    let page = s.call("tasks.get_all", json!({"order_by": ["-name"], "page": 0, "page_size": 1, "only_fields": ["name"]})).ok();
+    assert_eq!(page["tasks"][0]["name"], "beta train");
+}
+
+#[test]
 fn task_log_navigation_and_order() {
     let (_d, s) = server();
     let task = s.create_task("chatty");

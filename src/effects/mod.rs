@@ -6,6 +6,8 @@
 //! expected commit, venv completion marker, supervisor exit file) instead of redoing it.
 
 pub mod simulated;
+pub mod vcs;
+pub mod venv;
 
 use crate::fsm::{Command, EffectResult, RunState, StopRequest};
 

@@ -1,0 +1,1 @@
+//! ClearML API client (being written).

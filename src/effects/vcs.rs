@@ -1,0 +1,1 @@
+//! Source checkout: git clone/fetch/checkout and diff apply (being written).

@@ -1,0 +1,1 @@
+//! Python environments: venv build, package install, cache (being written).
