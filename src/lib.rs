@@ -1,6 +1,7 @@
 //! ClearML Agent in Rust: a journaled, crash-resilient task runner.
 //! See ARCHITECTURE.md for the map of modules and the invariants.
 
+pub mod agent;
 pub mod api;
 pub mod config;
 pub mod effects;

@@ -30,11 +30,78 @@ enum Command {
         #[command(subcommand)]
         command: JournalCommand,
     },
+    /// Pull tasks from queues and run them (journaled: a restarted agent resumes its runs).
+    Daemon(DaemonArgs),
+    /// Run one task by id (no queue), through the same journaled pipeline.
+    Execute(ExecuteArgs),
+    /// Print the merged configuration (file, CLEARML_* variables, overrides) with secrets hidden.
+    Config(ConfigArgs),
+    /// The per-run supervisor (started by the agent itself).
+    #[command(hide = true)]
+    Supervise(SuperviseArgs),
     /// Run the embedded ClearML-compatible server (REST API and files server) on its own store.
     Server(ServerArgs),
     /// Drive one run with simulated effects (for the crash harness and fixtures).
     #[command(hide = true, name = "simulate-run")]
     SimulateRun(SimulateArgs),
+}
+
+#[derive(Args, Clone)]
+struct DaemonArgs {
+    /// Queues to pull from, by name or id, in priority order (default: the server's default queue).
+    #[arg(long, num_args = 1..)]
+    queue: Vec<String>,
+    /// Visit every queue once per cycle instead of always starting from the first.
+    #[arg(long)]
+    order_fairness: bool,
+    /// Stay in the foreground (the only mode for now; accepted for compatibility).
+    #[arg(long)]
+    foreground: bool,
+    /// Create the queues that do not exist.
+    #[arg(long)]
+    create_queue: bool,
+    /// Seconds between polls of empty queues [default: agent.polling_interval, 5].
+    #[arg(long)]
+    polling_interval: Option<f64>,
+    /// Exit after this many tasks.
+    #[arg(long, hide = true)]
+    max_tasks: Option<usize>,
+    /// The clearml.conf to read [default: $CLEARML_CONFIG_FILE, else ~/clearml.conf].
+    #[arg(long)]
+    config_file: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+struct ExecuteArgs {
+    /// The task to run.
+    #[arg(long)]
+    id: String,
+    /// Run a clone of the task instead of the task itself.
+    #[arg(long)]
+    clone: bool,
+    /// The clearml.conf to read [default: $CLEARML_CONFIG_FILE, else ~/clearml.conf].
+    #[arg(long)]
+    config_file: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+struct ConfigArgs {
+    /// The clearml.conf to read [default: $CLEARML_CONFIG_FILE, else ~/clearml.conf].
+    #[arg(long)]
+    config_file: Option<PathBuf>,
+    /// Print JSON instead of dotted key = value lines.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Clone)]
+struct SuperviseArgs {
+    /// The run's directory (output.log, exit, pid files).
+    #[arg(long)]
+    run_dir: PathBuf,
+    /// The user command.
+    #[arg(last = true, required = true)]
+    argv: Vec<String>,
 }
 
 #[derive(Args, Clone)]
@@ -158,7 +225,62 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Journal { command } => journal_command(command),
         Command::SimulateRun(args) => simulate(args),
         Command::Server(args) => server(args),
+        Command::Daemon(args) => {
+            let (_, settings) = clearml_agent::agent::settings::load(args.config_file.as_deref())?;
+            let opts = clearml_agent::agent::daemon::DaemonOptions {
+                queues: args.queue,
+                order_fairness: args.order_fairness,
+                create_queue: args.create_queue,
+                polling_interval_s: args.polling_interval,
+                max_tasks: args.max_tasks,
+            };
+            clearml_agent::agent::daemon::daemon(settings, opts)
+        }
+        Command::Execute(args) => {
+            let (_, settings) = clearml_agent::agent::settings::load(args.config_file.as_deref())?;
+            clearml_agent::agent::daemon::execute(settings, &args.id, args.clone)
+        }
+        Command::Config(args) => print_config(args),
+        Command::Supervise(args) => Ok(clearml_agent::effects::supervisor::supervise(
+            &args.run_dir,
+            &args.argv,
+        )),
     }
+}
+
+fn print_config(args: ConfigArgs) -> Result<i32> {
+    let (config, _settings) = clearml_agent::agent::settings::load(args.config_file.as_deref())?;
+    let mut root = config.root.clone();
+    clearml_agent::redact::redact_json(&mut root);
+    if args.json {
+        print_json(&root)?;
+        return Ok(0);
+    }
+    fn walk(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, v, out);
+                }
+            }
+            other => out.push(format!("{prefix} = {other}")),
+        }
+    }
+    let mut lines = vec![];
+    walk("", &root, &mut lines);
+    match &config.source {
+        Some(p) => println!("# configuration file: {}", p.display()),
+        None => println!("# no configuration file; environment only"),
+    }
+    for l in lines {
+        println!("{l}");
+    }
+    Ok(0)
 }
 
 fn home() -> PathBuf {

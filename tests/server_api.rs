@@ -702,8 +702,16 @@ fn get_all_filters_regex_names_projection_and_hidden() {
     let a = s.create_task("alpha train");
     let b = s.create_task("beta train");
     let hidden = s.create_task("alpha hidden");
-    s.call("tasks.edit", json!({"task": hidden, "system_tags": ["hidden"], "runtime": {"x": 1, "y": 2}})).ok();
-    s.call("tasks.edit", json!({"task": a, "script": {"requirements": {"pip": "six"}, "entry_point": "a.py"}})).ok();
+    s.call(
+        "tasks.edit",
+        json!({"task": hidden, "system_tags": ["hidden"], "runtime": {"x": 1, "y": 2}}),
+    )
+    .ok();
+    s.call(
+        "tasks.edit",
+        json!({"task": a, "script": {"requirements": {"pip": "six"}, "entry_point": "a.py"}}),
+    )
+    .ok();
     let ids = |body: Value| -> Vec<String> {
         let mut v: Vec<String> = s.call("tasks.get_all", body).ok()["tasks"]
             .as_array()
@@ -718,15 +726,47 @@ fn get_all_filters_regex_names_projection_and_hidden() {
         v.sort();
         v
     };
-    assert_eq!(ids(json!({"name": "^alpha"})), vec![a.clone()], "hidden tasks are left out");
-    assert_eq!(ids(json!({"name": "^alpha", "search_hidden": true})), sorted(vec![a.clone(), hidden.clone()]));
-    assert_eq!(ids(json!({"name": "train$"})), sorted(vec![a.clone(), b.clone()]));
-    assert_eq!(ids(json!({"id": [hidden]})), vec![hidden.clone()], "asking by id finds hidden tasks");
-    let t = &s.call("tasks.get_all", json!({"id": [a], "only_fields": ["script.requirements", "status"]})).ok()["tasks"][0];
-    assert_eq!(t, &json!({"id": a, "status": "created", "script": {"requirements": {"pip": "six"}}}));
-    let t = &s.call("tasks.get_all", json!({"id": [hidden], "only_fields": ["runtime.y"]})).ok()["tasks"][0];
+    assert_eq!(
+        ids(json!({"name": "^alpha"})),
+        vec![a.clone()],
+        "hidden tasks are left out"
+    );
+    assert_eq!(
+        ids(json!({"name": "^alpha", "search_hidden": true})),
+        sorted(vec![a.clone(), hidden.clone()])
+    );
+    assert_eq!(
+        ids(json!({"name": "train$"})),
+        sorted(vec![a.clone(), b.clone()])
+    );
+    assert_eq!(
+        ids(json!({"id": [hidden]})),
+        vec![hidden.clone()],
+        "asking by id finds hidden tasks"
+    );
+    let t = &s
+        .call(
+            "tasks.get_all",
+            json!({"id": [a], "only_fields": ["script.requirements", "status"]}),
+        )
+        .ok()["tasks"][0];
+    assert_eq!(
+        t,
+        &json!({"id": a, "status": "created", "script": {"requirements": {"pip": "six"}}})
+    );
+    let t = &s
+        .call(
+            "tasks.get_all",
+            json!({"id": [hidden], "only_fields": ["runtime.y"]}),
+        )
+        .ok()["tasks"][0];
     assert_eq!(t, &json!({"id": hidden, "runtime": {"y": 2}}));
-    let page = s.call("tasks.get_all", json!({"order_by": ["-name"], "page": 0, "page_size": 1, "only_fields": ["name"]})).ok();
+    let page = s
+        .call(
+            "tasks.get_all",
+            json!({"order_by": ["-name"], "page": 0, "page_size": 1, "only_fields": ["name"]}),
+        )
+        .ok();
     assert_eq!(page["tasks"][0]["name"], "beta train");
 }
 

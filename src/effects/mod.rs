@@ -6,6 +6,7 @@
 //! expected commit, venv completion marker, supervisor exit file) instead of redoing it.
 
 pub mod simulated;
+pub mod supervisor;
 pub mod vcs;
 pub mod venv;
 

@@ -264,7 +264,7 @@ impl<E: EffectHandler, C: Clock> Runner<E, C> {
         let (next, _) = check(&cur.run, &cur.state, &event)?;
         let seq = cur.next_seq;
         let mut bodies = vec![RecordBody::Event(event)];
-        if next.is_terminal() || (seq + 1) % DIGEST_EVERY == 0 {
+        if next.is_terminal() || (seq + 1).is_multiple_of(DIGEST_EVERY) {
             bodies.push(RecordBody::StateDigest {
                 digest: next.digest(),
             });

@@ -1,0 +1,417 @@
+//! `clearml-agent daemon` and `clearml-agent execute`: the queue loop, worker registration and
+//! status reports, and one journaled run per pulled task (see ARCHITECTURE.md for the flow).
+
+use super::effects::{snapshot_of, RealEffects, SHUTDOWN};
+use super::logship::agent_line;
+use super::settings::AgentSettings;
+use crate::api::{ApiClient, ApiSettings};
+use crate::journal::{Journal, JournalConfig};
+use crate::runner::{Driven, Runner, SystemClock};
+use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Default)]
+pub struct DaemonOptions {
+    pub queues: Vec<String>,
+    pub order_fairness: bool,
+    pub create_queue: bool,
+    pub polling_interval_s: Option<f64>,
+    /// Stop after this many tasks (tests and benchmarks); `None` runs until signalled.
+    pub max_tasks: Option<usize>,
+}
+
+/// The API client for these settings, logged in.
+pub fn connect(settings: &AgentSettings, worker_id: &str) -> anyhow::Result<Arc<ApiClient>> {
+    let api = ApiSettings {
+        api_host: settings.api_server.clone(),
+        access_key: settings.access_key.clone(),
+        secret_key: settings.secret_key.clone(),
+        token: settings.auth_token.clone(),
+        worker_id: Some(worker_id.to_string()),
+        method: settings.http_method.parse()?,
+        ..ApiSettings::default()
+    };
+    let client = ApiClient::new(api)?;
+    client.login()?;
+    Ok(Arc::new(client))
+}
+
+extern "C" fn on_signal(_: libc::c_int) {
+    SHUTDOWN.store(true, Ordering::SeqCst);
+}
+
+/// SIGTERM and SIGINT ask the daemon to stop pulling and exit.
+pub fn install_signal_handlers() {
+    unsafe {
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+    }
+}
+
+/// Queue names (or ids) to ids, as the Python agent resolves them.
+fn resolve_queues(
+    api: &ApiClient,
+    names: &[String],
+    create: bool,
+) -> anyhow::Result<Vec<(String, String)>> {
+    if names.is_empty() {
+        let d = api.call("queues.get_default", &json!({}))?;
+        return Ok(vec![(
+            d["id"].as_str().unwrap_or("").to_string(),
+            d["name"].as_str().unwrap_or("").to_string(),
+        )]);
+    }
+    let mut out = Vec::new();
+    for name in names {
+        let found = api.call(
+            "v2.5/queues.get_all",
+            &json!({"name": format!("^{}$", regex_escape(name)), "only_fields": ["name", "id"]}),
+        )?;
+        let exact = found["queues"]
+            .as_array()
+            .and_then(|qs| qs.iter().find(|q| q["name"] == name.as_str()).cloned());
+        let id = match exact {
+            Some(q) => q["id"].as_str().unwrap_or("").to_string(),
+            None => match api.call("queues.get_by_id", &json!({"queue": name})) {
+                Ok(d) => d["queue"]["id"].as_str().unwrap_or("").to_string(),
+                Err(e) if e.is_code(400, 701) && create => api
+                    .call("queues.create", &json!({"name": name}))?["id"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+                Err(e) if e.is_code(400, 701) => {
+                    anyhow::bail!("queue {name:?} does not exist (use --create-queue to create it)")
+                }
+                Err(e) => return Err(e.into()),
+            },
+        };
+        out.push((id, name.clone()));
+    }
+    Ok(out)
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_alphanumeric() || c == '_' {
+                c.to_string()
+            } else {
+                format!("\\{c}")
+            }
+        })
+        .collect()
+}
+
+/// Machine stats for `workers.status_report` (CPU, memory, disk; GPU fields when NVML is present).
+fn machine_stats(prev_cpu: &mut Option<(u64, u64)>) -> Value {
+    let mut stats = serde_json::Map::new();
+    if let Ok(stat) = std::fs::read_to_string("/proc/stat") {
+        let fields: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+        let total: u64 = fields.iter().sum();
+        if let Some((pt, pi)) = *prev_cpu {
+            let dt = total.saturating_sub(pt).max(1);
+            let usage = 100.0 * (1.0 - idle.saturating_sub(pi) as f64 / dt as f64);
+            stats.insert("cpu_usage".into(), json!([(usage * 100.0).round() / 100.0]));
+        }
+        *prev_cpu = Some((total, idle));
+    }
+    if let Ok(mem) = std::fs::read_to_string("/proc/meminfo") {
+        let kb = |k: &str| {
+            mem.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<f64>().ok())
+        };
+        if let (Some(total), Some(avail)) = (kb("MemTotal:"), kb("MemAvailable:")) {
+            stats.insert("memory_free".into(), json!((avail / 1024.0).round()));
+            stats.insert(
+                "memory_used".into(),
+                json!(((total - avail) / 1024.0).round()),
+            );
+        }
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        let c = std::ffi::CString::new(home.to_string_lossy().as_bytes()).unwrap_or_default();
+        let mut vfs: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(c.as_ptr(), &mut vfs) } == 0 && vfs.f_blocks > 0 {
+            stats.insert(
+                "disk_free_home".into(),
+                json!((100.0 * vfs.f_bavail as f64 / vfs.f_blocks as f64).round()),
+            );
+        }
+    }
+    Value::Object(stats)
+}
+
+/// Sends `workers.status_report` every interval from a thread, with the current task.
+struct Reporter {
+    current: Arc<Mutex<Option<(String, String)>>>,
+}
+
+impl Reporter {
+    fn start(
+        api: Arc<ApiClient>,
+        worker: String,
+        queues: Vec<String>,
+        every: Duration,
+    ) -> Reporter {
+        let current: Arc<Mutex<Option<(String, String)>>> = Arc::new(Mutex::new(None));
+        let shared = current.clone();
+        std::thread::spawn(move || {
+            let mut prev = None;
+            machine_stats(&mut prev);
+            let mut next = Instant::now() + Duration::from_secs(3).min(every);
+            loop {
+                while Instant::now() < next {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                next = Instant::now() + every;
+                let mut body = json!({"worker": worker, "timestamp": crate::host::now_ms() / 1000 * 1000, "queues": queues, "machine_stats": machine_stats(&mut prev)});
+                if let Some((task, queue)) =
+                    shared.lock().unwrap_or_else(|e| e.into_inner()).clone()
+                {
+                    body["task"] = json!(task);
+                    body["queue"] = json!(queue);
+                }
+                let _ = api.call("workers.status_report", &body);
+            }
+        });
+        Reporter { current }
+    }
+
+    fn set(&self, task: Option<(String, String)>) {
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = task;
+    }
+}
+
+fn open_runner(
+    settings: &AgentSettings,
+    api: Arc<ApiClient>,
+    worker_id: &str,
+) -> anyhow::Result<Runner<RealEffects>> {
+    let journal = Journal::open_writer(
+        &settings.journal_dir,
+        crate::host::this_agent(),
+        JournalConfig::default(),
+    )?;
+    let exe = std::env::current_exe()?;
+    let mut effects = RealEffects::new(settings.clone(), api.clone(), worker_id.to_string(), exe);
+    let (api2, worker) = (api, worker_id.to_string());
+    effects.on_shutdown = Box::new(move || {
+        // The user process stays under its supervisor; the next start re-attaches to it.
+        let _ = api2.call("workers.unregister", &json!({"worker": worker}));
+        eprintln!("clearml-agent: shutting down; the running task stays under its supervisor and is resumed on the next start");
+        std::process::exit(0);
+    });
+    Ok(Runner::new(journal, effects, SystemClock))
+}
+
+/// Drives a run until it is terminal; a report that keeps failing is retried with a pause.
+fn drive_to_end(
+    runner: &mut Runner<RealEffects>,
+    run: &str,
+) -> anyhow::Result<crate::fsm::RunState> {
+    let mut driven = runner.drive(run)?;
+    loop {
+        match driven {
+            Driven::Terminal(state) => return Ok(state),
+            Driven::Deferred { reason, .. } => {
+                eprintln!("clearml-agent: run {run}: {reason}");
+                std::thread::sleep(Duration::from_secs(5));
+                driven = runner.drive(run)?;
+            }
+        }
+    }
+}
+
+/// Pulls one task's document and runs it through the journaled pipeline.
+fn run_task(
+    runner: &mut Runner<RealEffects>,
+    api: &ApiClient,
+    worker: &str,
+    task_id: &str,
+    queue: Option<&str>,
+) -> anyhow::Result<crate::fsm::RunState> {
+    let task = api.call("v2.5/tasks.get_by_id", &json!({"task": task_id}))?["task"].clone();
+    // Runtime bookkeeping the UI shows, as the Python agent writes it.
+    let mut runtime = task["runtime"].as_object().cloned().unwrap_or_default();
+    runtime.insert(
+        "_exec_agent_hostname".into(),
+        json!(crate::host::hostname()),
+    );
+    let _ = api.call(
+        "tasks.edit",
+        &json!({"task": task_id, "force": true, "runtime": runtime}),
+    );
+    api.call(
+        "v2.5/tasks.started",
+        &json!({"task": task_id, "force": true, "status_message": "launch by agent"}),
+    )?;
+    let snapshot = snapshot_of(&task, queue);
+    let run = runner.start(snapshot)?;
+    let _ = agent_line(
+        api,
+        task_id,
+        worker,
+        "INFO",
+        &format!("Running task '{task_id}' as run {run}\n"),
+    );
+    drive_to_end(runner, &run)
+}
+
+pub fn daemon(settings: AgentSettings, opts: DaemonOptions) -> anyhow::Result<i32> {
+    install_signal_handlers();
+    let worker = settings.worker_id(0);
+    let api = connect(&settings, &worker)?;
+    let queues = resolve_queues(&api, &opts.queues, opts.create_queue)?;
+    let ids: Vec<String> = queues.iter().map(|(id, _)| id.clone()).collect();
+    api.call(
+        "workers.register",
+        &json!({"worker": worker, "queues": ids}),
+    )?;
+    eprintln!(
+        "clearml-agent daemon: worker {worker} listening to {} on {}",
+        queues
+            .iter()
+            .map(|(_, n)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        settings.api_server
+    );
+    let reporter = Reporter::start(
+        api.clone(),
+        worker.clone(),
+        ids.clone(),
+        Duration::from_secs_f64(settings.status_report_interval_s),
+    );
+    let mut runner = open_runner(&settings, api.clone(), &worker)?;
+    // Runs a previous life of this agent left unfinished come first.
+    for (run, result) in runner.resume_all("agent restart")? {
+        match result {
+            Ok(Driven::Terminal(state)) => {
+                eprintln!("clearml-agent: resumed run {run}: {}", state.status_label())
+            }
+            Ok(Driven::Deferred { .. }) => {
+                let state = drive_to_end(&mut runner, &run)?;
+                eprintln!("clearml-agent: resumed run {run}: {}", state.status_label());
+            }
+            Err(e) => eprintln!("clearml-agent: run {run} could not be resumed: {e}"),
+        }
+    }
+    let poll = Duration::from_secs_f64(
+        opts.polling_interval_s
+            .unwrap_or(settings.polling_interval_s),
+    );
+    let mut done = 0usize;
+    while !SHUTDOWN.load(Ordering::SeqCst) && opts.max_tasks.is_none_or(|m| done < m) {
+        let mut pulled = false;
+        for (qid, qname) in &queues {
+            if SHUTDOWN.load(Ordering::SeqCst) {
+                break;
+            }
+            let next = match api.call("v2.14/queues.get_next_task", &json!({"queue": qid})) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("clearml-agent: polling queue {qname}: {e}");
+                    continue;
+                }
+            };
+            let Some(task_id) = next["entry"]["task"].as_str().map(str::to_string) else {
+                continue;
+            };
+            pulled = true;
+            if let Err(e) = api.call(
+                "v2.5/tasks.started",
+                &json!({"task": task_id, "force": true, "status_message": "pulled by agent"}),
+            ) {
+                eprintln!("clearml-agent: task {task_id} could not be started, skipped: {e}");
+                continue;
+            }
+            reporter.set(Some((task_id.clone(), qid.clone())));
+            let _ = agent_line(
+                &api,
+                &task_id,
+                &worker,
+                "INFO",
+                &format!("task {task_id} pulled from {qid} by worker {worker}\n"),
+            );
+            match run_task(&mut runner, &api, &worker, &task_id, Some(qid)) {
+                Ok(state) => eprintln!("clearml-agent: task {task_id}: {}", state.status_label()),
+                Err(e) => {
+                    eprintln!("clearml-agent: task {task_id}: {e:#}");
+                    let _ = api.call("tasks.failed", &json!({"task": task_id, "force": true, "status_reason": format!("agent error: {e}"), "status_message": format!("Changed by clearml-agent {worker}")}));
+                }
+            }
+            reporter.set(None);
+            done += 1;
+            if !opts.order_fairness {
+                break; // priority order: start again from the first queue
+            }
+        }
+        if !pulled {
+            let until = Instant::now() + poll;
+            while Instant::now() < until && !SHUTDOWN.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    let _ = api.call(
+        "workers.unregister",
+        &json!({"worker": worker, "queues": ids}),
+    );
+    Ok(0)
+}
+
+/// `execute --id TASK [--clone]`: the same pipeline for one task, no queue. Exits with 0 when the
+/// task completed, 1 otherwise.
+pub fn execute(settings: AgentSettings, task: &str, clone: bool) -> anyhow::Result<i32> {
+    install_signal_handlers();
+    let worker = settings.worker_id(0);
+    let api = connect(&settings, &worker)?;
+    let task_id = if clone {
+        let id = api.call("tasks.clone", &json!({"task": task}))?["id"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        eprintln!("clearml-agent execute: cloned task {task} as {id}");
+        id
+    } else {
+        task.to_string()
+    };
+    match api.call("v2.5/tasks.get_by_id", &json!({"task": task_id})) {
+        Err(e) if e.is_code(400, 101) => anyhow::bail!(
+            "Could not find task id={task_id} (for host {})",
+            settings.api_server
+        ),
+        Err(e) => return Err(e.into()),
+        Ok(_) => {}
+    }
+    let _ = api.call(
+        "tasks.dequeue",
+        &json!({"task": task_id, "new_status": "in_progress"}),
+    );
+    api.call("v2.5/tasks.started", &json!({"task": task_id, "force": true, "status_reason": "worker started execution", "status_message": format!("Changed by clearml-agent {worker}")}))?;
+    let mut runner = open_runner(&settings, api.clone(), &worker)?;
+    let state = run_task(&mut runner, &api, &worker, &task_id, None)?;
+    eprintln!(
+        "clearml-agent execute: task {task_id}: {}",
+        state.status_label()
+    );
+    Ok(
+        if matches!(state.outcome, Some(crate::fsm::Outcome::Completed)) {
+            0
+        } else {
+            1
+        },
+    )
+}

@@ -1,0 +1,480 @@
+//! Our agent end to end: the embedded server, tasks created by the real Python SDK, git
+//! repositories made by the test (served over file:// and over git:// by `git daemon` on
+//! loopback), real venvs from PyPI, real child processes under the per-run supervisor.
+
+mod common;
+
+use common::server::TestServer;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn venv() -> PathBuf {
+    let venv = std::env::var_os("CLEARML_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyvenv"));
+    assert!(
+        venv.join("bin/python").exists(),
+        "the Python test venv is missing at {}: run scripts/python-venv.sh",
+        venv.display()
+    );
+    venv
+}
+
+fn shared_cache(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join(name)
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@t")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@t")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A repository with two commits: the first prints "version one", the second "version two".
+fn make_repo(root: &Path) -> (PathBuf, String, String) {
+    let repo = root.join("repo");
+    std::fs::create_dir_all(repo.join("src")).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(
+        repo.join("src/train.py"),
+        "import six\nfrom helper import WORD\nprint('version one', WORD, six.__version__)\n",
+    )
+    .unwrap();
+    std::fs::write(repo.join("src/helper.py"), "WORD = 'plain'\n").unwrap();
+    std::fs::write(
+        repo.join("fail.py"),
+        "import sys\nprint('about to fail')\nsys.exit(3)\n",
+    )
+    .unwrap();
+    std::fs::write(repo.join("sleeper.py"), "import os, time\nopen(os.environ['PID_FILE'], 'w').write(str(os.getpid()))\nfor i in range(600):\n    print('tick', i, flush=True)\n    time.sleep(0.2)\n").unwrap();
+    std::fs::write(
+        repo.join("chatty.py"),
+        "import sys\nfor i in range(200000):\n    sys.stdout.write('line %06d\\n' % i)\n",
+    )
+    .unwrap();
+    std::fs::write(repo.join("marker.py"), "import os\nwith open(os.environ['MARKER_FILE'], 'a') as f:\n    f.write(os.environ['CLEARML_TASK_ID'] + '\\n')\n").unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-qm", "one"]);
+    let first = git(&repo, &["rev-parse", "HEAD"]);
+    std::fs::write(
+        repo.join("src/train.py"),
+        "import six\nfrom helper import WORD\nprint('version two', WORD, six.__version__)\n",
+    )
+    .unwrap();
+    git(&repo, &["commit", "-qam", "two"]);
+    let second = git(&repo, &["rev-parse", "HEAD"]);
+    (repo, first, second)
+}
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    server: TestServer,
+}
+
+impl Env {
+    fn new() -> Env {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        let server = TestServer::start(&root.join("server"));
+        std::fs::create_dir_all(root.join("home")).unwrap();
+        Env {
+            _tmp: tmp,
+            root,
+            server,
+        }
+    }
+
+    fn client_env(&self, cmd: &mut Command) {
+        cmd.envs(self.server.client_env())
+            .env("HOME", self.root.join("home"))
+            .env("PIP_CACHE_DIR", shared_cache("pip-cache"))
+            .env("UV_CACHE_DIR", shared_cache("uv-cache"))
+            .env("MARKER_FILE", self.root.join("markers.txt"))
+            .env("PID_FILE", self.root.join("sleeper.pid"));
+    }
+
+    fn make_task(&self, spec: Value) -> String {
+        let mut cmd = Command::new(venv().join("bin/python"));
+        cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/make_task.py"))
+            .arg(spec.to_string())
+            .current_dir(&self.root);
+        self.client_env(&mut cmd);
+        let out = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "make_task failed: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap();
+        serde_json::from_str::<Value>(line).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn daemon(&self, name: &str) -> Daemon {
+        let log = self.root.join(format!("{name}.log"));
+        let mut cmd = Command::new(common::bin());
+        cmd.args([
+            "daemon",
+            "--queue",
+            "default",
+            "--foreground",
+            "--polling-interval",
+            "0.5",
+        ]);
+        self.client_env(&mut cmd);
+        cmd.env("CLEARML_WORKER_ID", format!("{name}:0"))
+            .env(
+                "CLEARML_AGENT_JOURNAL_DIR",
+                self.root.join(format!("{name}-journal")),
+            )
+            .env(
+                "CLEARML_AGENT__AGENT__RUNS_DIR",
+                self.root.join(format!("{name}-runs")),
+            )
+            .env(
+                "CLEARML_AGENT__AGENT__VENVS_DIR",
+                self.root.join(format!("{name}-venvs")),
+            )
+            .env(
+                "CLEARML_AGENT__AGENT__VENVS_CACHE__PATH",
+                self.root.join("venvs-cache"),
+            )
+            .env(
+                "CLEARML_AGENT__AGENT__VCS_CACHE__PATH",
+                self.root.join(format!("{name}-vcs")),
+            )
+            .env(
+                "CLEARML_AGENT__AGENT__TOOLS_DIR",
+                shared_cache("agent-tools"),
+            )
+            .env("CLEARML_AGENT__AGENT__STOP_GRACE_PERIOD_SEC", "2")
+            .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .stderr(Stdio::from(
+                std::fs::File::options().append(true).open(&log).unwrap(),
+            ));
+        Daemon {
+            child: cmd.spawn().unwrap(),
+            log,
+        }
+    }
+
+    fn wait_final(&self, id: &str, daemon: &Daemon) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let t = self.server.task(id);
+            if matches!(
+                t["status"].as_str(),
+                Some("completed" | "failed" | "stopped")
+            ) {
+                return t;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {id} never finished: {t}\n{}",
+                daemon.tail()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    fn console(&self, id: &str) -> String {
+        let data = self
+            .server
+            .call(
+                "events.get_task_log",
+                json!({"task": id, "batch_size": 100000, "navigate_earlier": false}),
+            )
+            .ok();
+        data["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["msg"].as_str().unwrap_or(""))
+            .collect::<Vec<_>>()
+            .concat()
+    }
+}
+
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+    fn stop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `git daemon` serving `base` on a free loopback port.
+struct GitDaemon(Child, u16);
+
+impl GitDaemon {
+    fn start(base: &Path) -> GitDaemon {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("git")
+            .args([
+                "daemon",
+                "--reuseaddr",
+                "--export-all",
+                "--listen=127.0.0.1",
+            ])
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={}", base.display()))
+            .arg(base)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "git daemon did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        GitDaemon(child, port)
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const DIFF_HELPER: &str = "diff --git a/src/helper.py b/src/helper.py\n--- a/src/helper.py\n+++ b/src/helper.py\n@@ -1 +1 @@\n-WORD = 'plain'\n+WORD = 'patched-by-diff'\n";
+
+#[test]
+fn daemon_runs_tasks_from_git_with_diffs_caches_failures_and_aborts() {
+    let env = Env::new();
+    let (repo, first, _second) = make_repo(&env.root);
+    let served = GitDaemon::start(&env.root);
+    let mut daemon = env.daemon("agent-a");
+    let file_url = format!("file://{}", repo.display());
+    let git_url = format!("git://127.0.0.1:{}/repo", served.1);
+
+    // A task at the first commit, with an uncommitted diff and requirements ["six"], over git://.
+    let id = env.make_task(json!({"project": "e2e", "name": "at commit with diff", "repo": git_url, "commit": first,
+        "script": "src/train.py", "working_dir": "src", "packages": ["six"], "diff": DIFF_HELPER, "queue": "default"}));
+    let t = env.wait_final(&id, &daemon);
+    let console = env.console(&id);
+    assert_eq!(
+        t["status"],
+        "completed",
+        "{t}\n{console}\n{}",
+        daemon.tail()
+    );
+    assert_eq!(t["status_reason"], "worker execution done");
+    assert!(
+        console.contains("version one patched-by-diff"),
+        "the diff's effect shows: {console}"
+    );
+    let req = &t["script"]["requirements"];
+    assert!(
+        req["pip"].as_array().is_some_and(|l| l
+            .iter()
+            .any(|p| p.as_str().is_some_and(|p| p.starts_with("six==")))),
+        "{req}"
+    );
+    assert!(
+        req["org_pip"].as_str().is_some_and(|o| o.contains("six")),
+        "{req}"
+    );
+
+    // The same requirements again (over file:// this time): the venv cache is hit.
+    let id = env.make_task(
+        json!({"project": "e2e", "name": "cached env", "repo": file_url, "branch": "main",
+        "script": "src/train.py", "working_dir": "src", "packages": ["six"], "queue": "default"}),
+    );
+    let t = env.wait_final(&id, &daemon);
+    let console = env.console(&id);
+    assert_eq!(t["status"], "completed", "{console}");
+    assert!(console.contains("Using cached environment"), "{console}");
+    assert!(
+        console.contains("version two plain"),
+        "branch main = the second commit: {console}"
+    );
+    assert_eq!(
+        t["script"]["version_num"].as_str().map(|v| v.len()),
+        Some(40),
+        "the resolved commit is written back"
+    );
+
+    // Exit code 3.
+    let id = env.make_task(json!({"project": "e2e", "name": "exits 3", "repo": file_url, "script": "fail.py", "packages": ["six"], "queue": "default"}));
+    let t = env.wait_final(&id, &daemon);
+    assert_eq!(
+        (t["status"].as_str(), t["status_reason"].as_str()),
+        (Some("failed"), Some("worker execution exit code 3")),
+        "{}",
+        env.console(&id)
+    );
+
+    // Abort from the SDK side (tasks.stop): the process group is killed, the task ends stopped.
+    let pid_file = env.root.join("sleeper.pid");
+    let id = env.make_task(json!({"project": "e2e", "name": "sleeper", "repo": file_url, "script": "sleeper.py", "packages": ["six"], "queue": "default"}));
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !(pid_file.exists() && env.console(&id).contains("tick 3")) {
+        assert!(
+            Instant::now() < deadline,
+            "sleeper never started: {}",
+            daemon.tail()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    env.server
+        .call(
+            "tasks.stop",
+            json!({"task": id, "status_reason": "abort request"}),
+        )
+        .ok();
+    let t = env.wait_final(&id, &daemon);
+    assert_eq!(
+        (t["status"].as_str(), t["status_reason"].as_str()),
+        (Some("stopped"), Some("task was stopped by tasks.stop"))
+    );
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z"),
+        "the user process is gone"
+    );
+
+    // Bad inputs fail with a reason naming the problem, and the daemon goes on.
+    let bad: Vec<(Value, &str)> = vec![
+        (
+            json!({"name": "bad url", "repo": format!("file://{}/nope", env.root.display()), "script": "x.py"}),
+            "nope",
+        ),
+        (
+            json!({"name": "bad commit", "repo": file_url, "commit": "deadbeefdeadbeefdeadbeefdeadbeefdeadbeef", "script": "fail.py"}),
+            "deadbeef",
+        ),
+        (
+            json!({"name": "bad diff", "repo": file_url, "script": "fail.py", "diff": "diff --git a/fail.py b/fail.py\n--- a/fail.py\n+++ b/fail.py\n@@ -1 +1 @@\n-this line is not there\n+x\n"}),
+            "fail.py",
+        ),
+        (
+            json!({"name": "no entry point", "repo": file_url, "script": "missing.py"}),
+            "missing.py",
+        ),
+        (
+            json!({"name": "bad package", "repo": file_url, "script": "fail.py", "packages": ["this-package-does-not-exist-clearml-rs==1.0"]}),
+            "this-package-does-not-exist-clearml-rs",
+        ),
+    ];
+    for (mut spec, needle) in bad {
+        spec["project"] = json!("e2e");
+        spec["queue"] = json!("default");
+        if spec.get("packages").is_none() {
+            spec["packages"] = json!(["six"]);
+        }
+        let name = spec["name"].as_str().unwrap().to_string();
+        let id = env.make_task(spec);
+        let t = env.wait_final(&id, &daemon);
+        assert_eq!(t["status"], "failed", "{name}: {t}");
+        assert!(
+            t["status_reason"]
+                .as_str()
+                .is_some_and(|r| r.contains(needle)),
+            "{name}: reason {} should name {needle}",
+            t["status_reason"]
+        );
+    }
+    daemon.stop();
+}
+
+#[test]
+fn two_daemons_run_each_of_twenty_tasks_exactly_once() {
+    let env = Env::new();
+    let (repo, _, _) = make_repo(&env.root);
+    let file_url = format!("file://{}", repo.display());
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(env.make_task(json!({"project": "e2e", "name": format!("marker {i}"), "repo": file_url, "script": "marker.py", "packages": ["six"], "queue": "default"})));
+    }
+    let mut a = env.daemon("agent-a");
+    let mut b = env.daemon("agent-b");
+    for id in &ids {
+        let t = env.wait_final(id, &a);
+        assert_eq!(t["status"], "completed", "{id}: {}\n{}", a.tail(), b.tail());
+    }
+    a.stop();
+    b.stop();
+    let markers = std::fs::read_to_string(env.root.join("markers.txt")).unwrap();
+    for id in &ids {
+        assert_eq!(
+            markers.lines().filter(|l| *l == id).count(),
+            1,
+            "task {id} ran exactly once"
+        );
+    }
+    assert_eq!(markers.lines().count(), 20);
+}
+
+#[test]
+fn every_line_of_a_200k_line_script_reaches_the_server_in_order() {
+    let env = Env::new();
+    let (repo, _, _) = make_repo(&env.root);
+    let mut daemon = env.daemon("agent-a");
+    let id = env.make_task(json!({"project": "e2e", "name": "chatty", "repo": format!("file://{}", repo.display()), "script": "chatty.py", "packages": ["six"], "queue": "default"}));
+    let t = env.wait_final(&id, &daemon);
+    assert_eq!(t["status"], "completed", "{}", daemon.tail());
+    daemon.stop();
+    let console = env.console(&id);
+    let lines: Vec<&str> = console.lines().filter(|l| l.starts_with("line ")).collect();
+    assert_eq!(lines.len(), 200_000, "every line arrives");
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(*l, format!("line {i:06}"), "in order");
+    }
+}
