@@ -173,7 +173,7 @@ impl Env {
                 std::fs::File::options().append(true).open(&log).unwrap(),
             ));
         Daemon {
-            child: cmd.spawn().unwrap(),
+            child: cmd.spawn().unwrap().into(),
             log,
         }
     }
@@ -216,7 +216,7 @@ impl Env {
 }
 
 struct Daemon {
-    child: Child,
+    child: std::cell::RefCell<Child>,
     log: PathBuf,
 }
 
@@ -227,22 +227,24 @@ impl Daemon {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
     fn stop(&mut self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let child = self.child.get_mut();
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
+            if let Ok(Some(_)) = child.try_wait() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let _ = self.child.kill();
+        let _ = child.kill();
     }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let child = self.child.get_mut();
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 

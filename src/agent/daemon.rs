@@ -338,6 +338,12 @@ pub fn daemon(settings: AgentSettings, opts: DaemonOptions) -> anyhow::Result<i3
                 continue;
             }
             reporter.set(Some((task_id.clone(), qid.clone())));
+            // Report at once (as upstream): the server needs `last_worker` to route a UI abort
+            // to us ("stopping") instead of stopping the task itself.
+            let _ = api.call(
+                "workers.status_report",
+                &json!({"worker": worker, "timestamp": crate::host::now_ms() / 1000 * 1000, "task": task_id, "queue": qid, "queues": ids}),
+            );
             let _ = agent_line(
                 &api,
                 &task_id,

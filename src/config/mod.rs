@@ -60,7 +60,13 @@ impl Config {
     pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
         let path = explicit
             .map(Path::to_path_buf)
-            .or_else(|| env_var("CLEARML_CONFIG_FILE").map(|p| expand_home(&p)))
+            // Upstream accepts a CLEARML_CONFIG_FILE that does not exist (environment-only
+            // configuration); only an explicit --config-file must exist.
+            .or_else(|| {
+                env_var("CLEARML_CONFIG_FILE")
+                    .map(|p| expand_home(&p))
+                    .filter(|p| p.exists())
+            })
             .or_else(|| {
                 home()
                     .map(|h| h.join("clearml.conf"))
