@@ -315,6 +315,29 @@ fn daemon_runs_tasks_from_git_with_diffs_caches_failures_and_aborts() {
         console.contains("version one patched-by-diff"),
         "the diff's effect shows: {console}"
     );
+    // ... and the SDK reads the same console output back.
+    let mut sdk = Command::new(venv().join("bin/python"));
+    sdk.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/status.py"))
+        .arg(&id)
+        .arg("1000")
+        .current_dir(&env.root);
+    env.client_env(&mut sdk);
+    let out = sdk.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let read: Value =
+        serde_json::from_str(stdout.lines().rev().find(|l| l.starts_with('{')).unwrap()).unwrap();
+    assert_eq!(read["status"], "completed");
+    assert!(
+        read["console"].as_array().unwrap().iter().any(|m| m
+            .as_str()
+            .is_some_and(|m| m.contains("version one patched-by-diff"))),
+        "{read}"
+    );
     let req = &t["script"]["requirements"];
     assert!(
         req["pip"].as_array().is_some_and(|l| l
