@@ -2,8 +2,8 @@
 # The main job on the embedded default:
 #  1. start `clearml-agent server` (the embedded ClearML-compatible API + files server) and print
 #     how to point the SDK and agents at it;
-#  2. create a sample task with the real clearml SDK, enqueue it, and have an agent execute it.
-#     Until our own `daemon` lands (issue 4), the agent here is the pinned Python clearml-agent;
+#  2. create a sample task with the real clearml SDK, enqueue it, and run `clearml-agent daemon`
+#     (this agent) until the task is done: venv from PyPI, the task's script, output shipped back;
 #  3. run sample tasks through our journaled state machine (simulated effects), kill -9 one
 #     mid-run, restart, and show the journal.
 set -euo pipefail
@@ -16,7 +16,7 @@ echo "== demo dir $DEMO"
 echo "== 1. clearml-agent server --data-dir $DEMO/server"
 "$B" server --data-dir "$DEMO/server" --port 0 --files-port 0 >"$DEMO/server.out" 2>"$DEMO/server.err" &
 server=$!
-trap 'kill $server 2>/dev/null || true; [ -n "${agent:-}" ] && kill $agent 2>/dev/null || true' EXIT
+trap 'kill $server 2>/dev/null || true' EXIT
 until [ -s "$DEMO/server/server.env" ] && grep -q "clearml.conf" "$DEMO/server.out" 2>/dev/null; do sleep 0.1; done
 cat "$DEMO/server.out"
 # shellcheck disable=SC1091
@@ -33,19 +33,15 @@ PY
 id=$("$VENV/bin/python" tests/python/sdk_flow.py "$DEMO/sample.py" demo "sample task" | tail -1 |
   "$VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 echo "task $id created and enqueued on 'default'"
-PATH="$VENV/bin:$PATH" "$VENV/bin/clearml-agent" daemon --queue default --foreground >"$DEMO/agent.log" 2>&1 &
-agent=$!
-status=""
-for _ in $(seq 1 600); do
-  status=$("$VENV/bin/python" tests/python/status.py "$id" 20 2>/dev/null | tail -1 |
-    "$VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["status"])' || true)
-  case "$status" in completed|failed|stopped) break ;; esac
-  sleep 1
-done
+echo "== clearml-agent daemon --queue default (runs one task here, then exits)"
+CLEARML_AGENT_JOURNAL_DIR="$DEMO/agent-journal" CLEARML_AGENT__AGENT__RUNS_DIR="$DEMO/agent-runs" \
+  CLEARML_AGENT__AGENT__VENVS_DIR="$DEMO/venvs" "$B" daemon --queue default --foreground --max-tasks 1 2>&1 | sed 's/^/  daemon | /'
+status=$("$VENV/bin/python" tests/python/status.py "$id" 20 | tail -1 |
+  "$VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["status"])')
 echo "task $id: $status; its console output as the SDK reads it:"
 "$VENV/bin/python" tests/python/status.py "$id" 20 | tail -1 |
   "$VENV/bin/python" -c 'import json,sys; [print("  |", l) for m in json.load(sys.stdin)["console"] for l in m.splitlines() if "sample task running" in l]'
-kill "$agent"; wait "$agent" 2>/dev/null || true; agent=""
+"$B" journal inspect "$id" --journal-dir "$DEMO/agent-journal"
 
 echo "== 3. the journaled state machine: sample runs, one killed with -9 and resumed"
 J="$DEMO/journal"; E="$DEMO/effects"

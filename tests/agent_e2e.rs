@@ -68,7 +68,7 @@ fn make_repo(root: &Path) -> (PathBuf, String, String) {
         "import sys\nfor i in range(200000):\n    sys.stdout.write('line %06d\\n' % i)\n",
     )
     .unwrap();
-    std::fs::write(repo.join("marker.py"), "import os\nwith open(os.environ['MARKER_FILE'], 'a') as f:\n    f.write(os.environ['CLEARML_TASK_ID'] + '\\n')\n").unwrap();
+    std::fs::write(repo.join("marker.py"), "import os, time\nwith open(os.environ['MARKER_FILE'], 'a') as f:\n    f.write(os.environ['CLEARML_TASK_ID'] + ' ' + os.environ['CLEARML_WORKER_ID'] + '\\n')\ntime.sleep(0.5)\n").unwrap();
     git(&repo, &["add", "."]);
     git(&repo, &["commit", "-qm", "one"]);
     let first = git(&repo, &["rev-parse", "HEAD"]);
@@ -478,13 +478,21 @@ fn two_daemons_run_each_of_twenty_tasks_exactly_once() {
     b.stop();
     let markers = std::fs::read_to_string(env.root.join("markers.txt")).unwrap();
     for id in &ids {
-        assert_eq!(
-            markers.lines().filter(|l| *l == id).count(),
-            1,
-            "task {id} ran exactly once"
-        );
+        let runs = markers
+            .lines()
+            .filter(|l| l.split(' ').next() == Some(id.as_str()))
+            .count();
+        assert_eq!(runs, 1, "task {id} ran exactly once");
     }
     assert_eq!(markers.lines().count(), 20);
+    for worker in ["agent-a:0", "agent-b:0"] {
+        assert!(
+            markers.lines().any(|l| l.ends_with(worker)),
+            "both daemons pulled work: {markers}\n{}\n{}",
+            a.tail(),
+            b.tail()
+        );
+    }
 }
 
 #[test]

@@ -28,6 +28,7 @@ pub const NAMED_ENV: &[(&str, &str)] = &[
         "CLEARML_AGENT_PACKAGE_MANAGER",
         "agent.package_manager.type",
     ),
+    ("CLEARML_AGENT_JOURNAL_DIR", "agent.journal.dir"),
 ];
 
 /// Applies the named variables present in the environment (they win over the file).

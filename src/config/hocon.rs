@@ -285,7 +285,15 @@ impl Parser {
                         }
                         Some(',') => self.pos += 1,
                         None => return Err(self.error("missing closing ']'")),
-                        _ => items.push(self.value()?),
+                        Some('}') => return Err(self.error("missing closing ']' before '}'")),
+                        _ => {
+                            let before = self.pos;
+                            items.push(self.value()?);
+                            // A value that consumed nothing would loop forever.
+                            if self.pos == before {
+                                return Err(self.error("unexpected character in a list"));
+                            }
+                        }
                     }
                 }
             }
@@ -438,5 +446,13 @@ line two"""
         assert_eq!(err.line, 3);
         let err = parse("a b c\n", &env).unwrap_err();
         assert_eq!((err.line, err.column), (1, 3));
+    }
+
+    #[test]
+    fn unterminated_lists_are_errors_not_hangs() {
+        for text in ["a: [1, 2\n}", "a { b: [1, 2\n}\n", "a: [1, 2"] {
+            let e = parse(text, &|_| None).unwrap_err();
+            assert!(e.to_string().contains("line"), "{text}: {e}");
+        }
     }
 }

@@ -1,0 +1,94 @@
+//! The agent's command line: `config` hides secrets and reports bad files precisely; every
+//! command has `--help`.
+
+mod common;
+
+use std::process::Command;
+
+fn agent(args: &[&str]) -> std::process::Output {
+    Command::new(common::bin())
+        .args(args)
+        .env_remove("CLEARML_CONFIG_FILE")
+        .env(
+            "HOME",
+            std::env::temp_dir().join("clearml-agent-cli-test-home"),
+        )
+        .env("CLEARML_API_SECRET_KEY", "s3cr3t-value-that-must-not-show")
+        .env("CLEARML_API_ACCESS_KEY", "KEY123")
+        .env("CLEARML_API_HOST", "http://example:8008")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn config_merges_the_environment_and_hides_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("clearml.conf");
+    std::fs::write(
+        &conf,
+        "agent {\n  git_user: me\n  git_pass: \"hunter2\"\n  package_manager.type: pip\n}\n",
+    )
+    .unwrap();
+    let out = agent(&["config", "--config-file", conf.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("api.api_server = \"http://example:8008\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("agent.package_manager.type = \"pip\""),
+        "{text}"
+    );
+    assert!(
+        !text.contains("hunter2") && !text.contains("s3cr3t"),
+        "secrets hidden: {text}"
+    );
+    let out = agent(&["config", "--json", "--config-file", conf.to_str().unwrap()]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["agent"]["git_user"], "me");
+    assert_ne!(json["agent"]["git_pass"], "hunter2");
+}
+
+#[test]
+fn bad_config_names_the_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("clearml.conf");
+    std::fs::write(&conf, "agent {\n  worker_name: x\n  broken: [1, 2\n}\n").unwrap();
+    let out = agent(&["config", "--config-file", conf.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("clearml.conf") && err.contains("line"),
+        "{err}"
+    );
+    std::fs::write(&conf, "agent.package_manager.type: conda\n").unwrap();
+    let out = agent(&["daemon", "--config-file", conf.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("agent.package_manager.type"), "{err}");
+}
+
+#[test]
+fn every_command_has_help() {
+    for cmd in [
+        &["daemon"][..],
+        &["execute"],
+        &["config"],
+        &["server"],
+        &["journal", "inspect"],
+    ] {
+        let mut args = cmd.to_vec();
+        args.push("--help");
+        let out = agent(&args);
+        assert!(out.status.success(), "{cmd:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage"),
+            "{cmd:?}"
+        );
+    }
+}
