@@ -460,6 +460,69 @@ fn daemon_runs_tasks_from_git_with_diffs_caches_failures_and_aborts() {
 }
 
 #[test]
+fn execute_runs_one_task_and_its_clone_without_a_queue() {
+    let env = Env::new();
+    let (repo, first, _) = make_repo(&env.root);
+    let id = env.make_task(json!({"project": "e2e", "name": "direct", "repo": format!("file://{}", repo.display()), "commit": first,
+        "script": "src/train.py", "working_dir": "src", "packages": ["six"]}));
+    let run = |args: &[&str]| {
+        let mut cmd = Command::new(common::bin());
+        cmd.args(args);
+        env.client_env(&mut cmd);
+        cmd.env("CLEARML_AGENT_JOURNAL_DIR", env.root.join("exec-journal"))
+            .env("CLEARML_AGENT__AGENT__RUNS_DIR", env.root.join("exec-runs"))
+            .env(
+                "CLEARML_AGENT__AGENT__VENVS_DIR",
+                env.root.join("exec-venvs"),
+            )
+            .env(
+                "CLEARML_AGENT__AGENT__TOOLS_DIR",
+                shared_cache("agent-tools"),
+            )
+            .env("CLEARML_WORKER_ID", "exec:0");
+        cmd.output().unwrap()
+    };
+    let out = run(&["execute", "--id", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = env.server.task(&id);
+    assert_eq!(t["status"], "completed");
+    assert!(env.console(&id).contains("version one plain"));
+    // --clone runs a copy and leaves the original alone.
+    let out = run(&["execute", "--id", &id, "--clone"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let clones = env
+        .server
+        .call(
+            "tasks.get_all",
+            json!({"parent": id, "only_fields": ["status"]}),
+        )
+        .ok();
+    let clones = clones["tasks"].as_array().unwrap();
+    assert_eq!(clones.len(), 1);
+    assert_eq!(clones[0]["status"], "completed");
+    // An unknown task is a clean error naming it.
+    let out = run(&["execute", "--id", "0123456789abcdef0123456789abcdef"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("0123456789abcdef0123456789abcdef"));
+    // The journal shows the runs.
+    let out = Command::new(common::bin())
+        .args(["journal", "inspect", "--json", "--journal-dir"])
+        .arg(env.root.join("exec-journal"))
+        .output()
+        .unwrap();
+    let runs: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(runs.as_array().map(|r| r.len()), Some(2), "{runs}");
+}
+
+#[test]
 fn two_daemons_run_each_of_twenty_tasks_exactly_once() {
     let env = Env::new();
     let (repo, _, _) = make_repo(&env.root);

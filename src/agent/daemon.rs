@@ -104,9 +104,47 @@ fn regex_escape(s: &str) -> String {
         .collect()
 }
 
-/// Machine stats for `workers.status_report` (CPU, memory, disk; GPU fields when NVML is present).
-fn machine_stats(prev_cpu: &mut Option<(u64, u64)>) -> Value {
+/// Bytes received and sent on every non-loopback interface (`/proc/net/dev`).
+fn net_bytes() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/net/dev").ok()?;
+    let mut rx = 0;
+    let mut tx = 0;
+    for line in text.lines().skip(2) {
+        let (name, rest) = line.split_once(':')?;
+        if name.trim() == "lo" {
+            continue;
+        }
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        rx += f.first().copied().unwrap_or(0);
+        tx += f.get(8).copied().unwrap_or(0);
+    }
+    Some((rx, tx))
+}
+
+/// Previous samples, to turn counters into rates.
+#[derive(Default)]
+struct Samples {
+    cpu: Option<(u64, u64)>,
+    net: Option<(u64, u64, Instant)>,
+}
+
+/// Machine stats for `workers.status_report` (CPU, memory, disk, network, in the units the
+/// Python agent reports). GPU fields are left out: NVML is not queried yet.
+fn machine_stats(prev: &mut Samples) -> Value {
     let mut stats = serde_json::Map::new();
+    if let Some((rx, tx)) = net_bytes() {
+        if let Some((prx, ptx, at)) = prev.net {
+            let dt = at.elapsed().as_secs_f64().max(0.001);
+            let mb = |d: u64| ((d as f64 / 1_048_576.0 / dt) * 1000.0).round() / 1000.0;
+            stats.insert("network_rx".into(), json!(mb(rx.saturating_sub(prx))));
+            stats.insert("network_tx".into(), json!(mb(tx.saturating_sub(ptx))));
+        }
+        prev.net = Some((rx, tx, Instant::now()));
+    }
+    let prev_cpu = &mut prev.cpu;
     if let Ok(stat) = std::fs::read_to_string("/proc/stat") {
         let fields: Vec<u64> = stat
             .lines()
@@ -168,7 +206,7 @@ impl Reporter {
         let current: Arc<Mutex<Option<(String, String)>>> = Arc::new(Mutex::new(None));
         let shared = current.clone();
         std::thread::spawn(move || {
-            let mut prev = None;
+            let mut prev = Samples::default();
             machine_stats(&mut prev);
             let mut next = Instant::now() + Duration::from_secs(3).min(every);
             loop {
