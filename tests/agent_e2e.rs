@@ -69,6 +69,11 @@ fn make_repo(root: &Path) -> (PathBuf, String, String) {
     )
     .unwrap();
     std::fs::write(repo.join("marker.py"), "import os, time\nwith open(os.environ['MARKER_FILE'], 'a') as f:\n    f.write(os.environ['CLEARML_TASK_ID'] + ' ' + os.environ['CLEARML_WORKER_ID'] + '\\n')\ntime.sleep(0.5)\n").unwrap();
+    std::fs::write(
+        repo.join("long.py"),
+        "import os, time\nwith open(os.environ['PID_FILE'], 'a') as f:\n    f.write(str(os.getpid()) + '\\n')\nfor i in range(60):\n    print('tick %03d' % i, flush=True)\n    time.sleep(0.1)\n",
+    )
+    .unwrap();
     git(&repo, &["add", "."]);
     git(&repo, &["commit", "-qm", "one"]);
     let first = git(&repo, &["rev-parse", "HEAD"]);
@@ -573,4 +578,80 @@ fn every_line_of_a_200k_line_script_reaches_the_server_in_order() {
     for (i, l) in lines.iter().enumerate() {
         assert_eq!(*l, format!("line {i:06}"), "in order");
     }
+}
+
+/// Kill the daemon while the user script runs (SIGKILL or SIGTERM), restart it: the script is never
+/// restarted, its output (including what it printed while no agent ran) arrives, the run ends once.
+fn survive_agent_death(signal: i32) {
+    let env = Env::new();
+    let (repo, _, _) = make_repo(&env.root);
+    let pid_file = env.root.join("sleeper.pid");
+    let id = env.make_task(json!({"project": "e2e", "name": "long", "repo": format!("file://{}", repo.display()), "script": "long.py", "packages": ["six"], "queue": "default"}));
+    let mut first = env.daemon("agent-a");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !env.console(&id).contains("tick 005") {
+        assert!(Instant::now() < deadline, "never started: {}", first.tail());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid = first.child.get_mut().id() as i32;
+    unsafe { libc::kill(pid, signal) };
+    let status = first.child.get_mut().wait().unwrap();
+    if signal == libc::SIGTERM {
+        assert!(
+            status.success(),
+            "SIGTERM exits 0: {status}\n{}",
+            first.tail()
+        );
+    }
+    // The user process keeps running under its supervisor while no agent is there.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(env.server.task(&id)["status"], "in_progress");
+    let second = env.daemon("agent-a");
+    let t = env.wait_final(&id, &second);
+    assert_eq!(
+        t["status"],
+        "completed",
+        "{}\n{}",
+        first.tail(),
+        second.tail()
+    );
+    let pids = std::fs::read_to_string(&pid_file).unwrap();
+    assert_eq!(
+        pids.lines().count(),
+        1,
+        "the script ran exactly once: {pids}"
+    );
+    let console = env.console(&id);
+    let mut ticks: Vec<&str> = console.lines().filter(|l| l.starts_with("tick ")).collect();
+    // At most one batch may repeat after a crash: drop adjacent repeats, then demand 0..60 in order.
+    ticks.dedup();
+    let mut seen = Vec::new();
+    for t in ticks {
+        if !seen.contains(&t) {
+            seen.push(t);
+        }
+    }
+    let expected: Vec<String> = (0..60).map(|i| format!("tick {i:03}")).collect();
+    assert_eq!(seen, expected, "every line, in order");
+    let runs = Command::new(common::bin())
+        .args(["journal", "inspect", "--json", "--journal-dir"])
+        .arg(env.root.join("agent-a-journal"))
+        .output()
+        .unwrap();
+    let runs: Value = serde_json::from_slice(&runs.stdout).unwrap();
+    assert_eq!(
+        runs.as_array().map(|r| r.len()),
+        Some(1),
+        "one run, resumed: {runs}"
+    );
+}
+
+#[test]
+fn kill_9_during_a_run_reattaches_without_restarting_the_script() {
+    survive_agent_death(libc::SIGKILL);
+}
+
+#[test]
+fn sigterm_during_a_run_leaves_the_task_to_its_supervisor_and_resumes() {
+    survive_agent_death(libc::SIGTERM);
 }
