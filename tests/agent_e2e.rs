@@ -655,3 +655,57 @@ fn kill_9_during_a_run_reattaches_without_restarting_the_script() {
 fn sigterm_during_a_run_leaves_the_task_to_its_supervisor_and_resumes() {
     survive_agent_death(libc::SIGTERM);
 }
+
+/// The machine "reboots" under a run: the agent and the user process tree die together, so no
+/// exit status is ever recorded. The restarted agent requeues the task (never reports it
+/// completed), and it then runs again from the start.
+#[test]
+fn a_lost_process_is_requeued_and_runs_again() {
+    let env = Env::new();
+    let (repo, _, _) = make_repo(&env.root);
+    let pid_file = env.root.join("sleeper.pid");
+    let id = env.make_task(json!({"project": "e2e", "name": "lost", "repo": format!("file://{}", repo.display()), "script": "long.py", "packages": ["six"], "queue": "default"}));
+    let mut first = env.daemon("agent-a");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !env.console(&id).contains("tick 005") {
+        assert!(Instant::now() < deadline, "never started: {}", first.tail());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    unsafe { libc::kill(first.child.get_mut().id() as i32, libc::SIGKILL) };
+    first.child.get_mut().wait().unwrap();
+    // Kill the supervisor's whole process group the way a power cut would: no exit file.
+    let sup = std::fs::read_dir(env.root.join("agent-a-runs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("proc/supervisor.pid"))
+        .find(|p| p.exists())
+        .expect("a supervisor pid file");
+    let pgid: i32 = std::fs::read_to_string(&sup)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    unsafe { libc::killpg(pgid, libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(500));
+    let second = env.daemon("agent-a");
+    let t = env.wait_final(&id, &second);
+    assert_eq!(t["status"], "completed", "{}", second.tail());
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().lines().count(),
+        2,
+        "ran again after the loss"
+    );
+    let runs = Command::new(common::bin())
+        .args(["journal", "inspect", "--json", "--journal-dir"])
+        .arg(env.root.join("agent-a-journal"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&runs.stdout).to_string();
+    assert!(
+        text.contains("requeued after agent restart on agent-a:0"),
+        "{text}"
+    );
+    assert!(text.contains("completed"), "{text}");
+}

@@ -9,7 +9,7 @@
 //! (EnvResolved before Cloned) while honouring repository requirements.
 
 use super::logship::{agent_line, LogShipper};
-use super::settings::{AgentSettings, PackageManager};
+use super::settings::{AgentSettings, LostProcess, PackageManager};
 use crate::api::{ApiClient, ApiError};
 use crate::effects::supervisor::{self, Launched};
 use crate::effects::{vcs, venv, EffectFailure, EffectHandler, Reconciled};
@@ -371,8 +371,18 @@ impl RealEffects {
             if !supervisor::is_alive(launched.pid, launched.start_time)
                 && supervisor::exit_code(&run_dir).is_none()
             {
+                // The supervisor died without an exit status: the machine (or its process
+                // tree) went down under us. Never report that as completed.
                 self.ship(&mut shipper, &offset_file, true);
-                return Err(EffectFailure::fatal("the supervisor died without recording an exit status (was the machine restarted?)"));
+                return match self.settings.on_lost_process {
+                    LostProcess::Requeue => {
+                        self.pending_stop = Some(StopRequest::Requeue {
+                            why: format!("requeued after agent restart on {}", self.worker_id),
+                        });
+                        Ok(EffectResult::Exited { code: -9 })
+                    }
+                    LostProcess::Fail => Err(EffectFailure::fatal("agent host restarted")),
+                };
             }
             if SHUTDOWN.load(Ordering::SeqCst) {
                 self.ship(&mut shipper, &offset_file, false);
@@ -416,7 +426,7 @@ impl RealEffects {
     fn stop_reason(&self, state: &RunState, created_polls: &mut u32) -> Option<String> {
         let answer = self.api.call(
             "v2.14/tasks.get_all",
-            &json!({"id": [state.task_id], "only_fields": ["status", "status_message"], "search_hidden": true}),
+            &json!({"id": [state.task_id], "only_fields": ["status", "status_message", "last_worker"], "search_hidden": true}),
         );
         let data = answer.ok()?;
         let Some(task) = data["tasks"].as_array().and_then(|t| t.first()) else {
@@ -424,6 +434,14 @@ impl RealEffects {
         };
         let status = task["status"].as_str().unwrap_or("");
         let message = task["status_message"].as_str().unwrap_or("");
+        if let Some(other) = task["last_worker"]
+            .as_str()
+            .filter(|w| !w.is_empty() && *w != self.worker_id)
+        {
+            if status == "in_progress" {
+                return Some(format!("task taken by worker {other}"));
+            }
+        }
         match status {
             "in_progress" if message.contains("stopping") => Some("stopped".into()),
             "stopped" | "closed" | "failed" | "published" | "queued" | "completed" => {
@@ -537,15 +555,13 @@ impl RealEffects {
         };
         self.say(state, "DEBUG", &line);
         // Someone else (the user, the SDK) may have set the final status already: never override it.
-        let open = matches!(
-            status.as_deref(),
-            Some("in_progress") | Some("queued") | Some("created")
-        );
-        if !open && !matches!(outcome, Outcome::Requeued { .. }) {
+        // Only a task still running (as far as the server knows) is ours to finish.
+        if status.as_deref() != Some("in_progress") {
             return Ok(EffectResult::Reported);
         }
         let mut body = json!({"task": task, "status_reason": reason, "status_message": self.status_message(), "force": true});
-        if matches!(outcome, Outcome::Requeued { .. }) {
+        if let Outcome::Requeued { why } = outcome {
+            body["status_message"] = json!(why);
             if let Some(q) = &state.snapshot.queue {
                 body["queue"] = json!(q);
             }

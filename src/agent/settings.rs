@@ -43,6 +43,16 @@ pub fn apply_named_env(config: &mut Config, env: &dyn Fn(&str) -> Option<String>
     }
 }
 
+/// What a restarted agent does with a run whose user process is gone (the machine rebooted):
+/// `agent.resume.on_lost_process`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LostProcess {
+    /// Put the task back in its queue (default): it runs again from the start.
+    Requeue,
+    /// Fail it with the reason "process lost: agent host restarted".
+    Fail,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PackageManager {
     Uv,
@@ -86,6 +96,7 @@ pub struct AgentSettings {
     pub task_ping_interval_s: f64,
     pub stop_grace_s: f64,
     pub log_flush_interval_s: f64,
+    pub on_lost_process: LostProcess,
 }
 
 impl std::fmt::Debug for AgentSettings {
@@ -252,6 +263,16 @@ impl AgentSettings {
             task_ping_interval_s: positive("agent.task_ping_interval_sec", 60.0)?,
             stop_grace_s: number(config, "agent.stop_grace_period_sec", 10.0)?.max(0.0),
             log_flush_interval_s: positive("agent.log_flush_interval_sec", 1.0)?,
+            on_lost_process: match opt_string(config, "agent.resume.on_lost_process").as_deref() {
+                None | Some("requeue") => LostProcess::Requeue,
+                Some("fail") => LostProcess::Fail,
+                Some(other) => {
+                    return Err(SettingsError::Invalid {
+                        key: "agent.resume.on_lost_process".into(),
+                        reason: format!("expected requeue or fail, got {other:?}"),
+                    })
+                }
+            },
         })
     }
 
