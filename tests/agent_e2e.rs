@@ -709,3 +709,54 @@ fn a_lost_process_is_requeued_and_runs_again() {
     );
     assert!(text.contains("completed"), "{text}");
 }
+
+/// The task is aborted from the SDK while no agent runs: the restarted agent kills the process
+/// group it re-attached to and the task ends `stopped`.
+#[test]
+fn an_abort_while_the_agent_is_down_is_honoured_after_restart() {
+    let env = Env::new();
+    let (repo, _, _) = make_repo(&env.root);
+    let pid_file = env.root.join("sleeper.pid");
+    let id = env.make_task(json!({"project": "e2e", "name": "aborted while down", "repo": format!("file://{}", repo.display()), "script": "sleeper.py", "packages": ["six"], "queue": "default"}));
+    let mut first = env.daemon("agent-a");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !(pid_file.exists() && env.console(&id).contains("tick 3")) {
+        assert!(Instant::now() < deadline, "never started: {}", first.tail());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    unsafe { libc::kill(first.child.get_mut().id() as i32, libc::SIGKILL) };
+    first.child.get_mut().wait().unwrap();
+    let mut stop = Command::new(venv().join("bin/python"));
+    stop.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/stop.py"))
+        .arg(&id)
+        .current_dir(&env.root);
+    env.client_env(&mut stop);
+    assert!(stop.status().unwrap().success());
+    assert!(
+        Path::new(&format!("/proc/{pid}")).exists(),
+        "the script outlived the agent"
+    );
+    let second = env.daemon("agent-a");
+    let t = env.wait_final(&id, &second);
+    assert_eq!(
+        (t["status"].as_str(), t["status_reason"].as_str()),
+        (Some("stopped"), Some("task was stopped by tasks.stop")),
+        "{}",
+        second.tail()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let gone =
+        || std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z"));
+    while !gone() {
+        assert!(
+            Instant::now() < deadline,
+            "the user process {pid} is still alive"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
