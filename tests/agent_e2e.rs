@@ -74,6 +74,11 @@ fn make_repo(root: &Path) -> (PathBuf, String, String) {
         "import os, time\nwith open(os.environ['PID_FILE'], 'a') as f:\n    f.write(str(os.getpid()) + '\\n')\nfor i in range(60):\n    print('tick %03d' % i, flush=True)\n    time.sleep(0.1)\n",
     )
     .unwrap();
+    std::fs::write(
+        repo.join("slow.py"),
+        "import time\nfor i in range(60):\n    print('slow %03d' % i, flush=True)\n    time.sleep(0.5)\n",
+    )
+    .unwrap();
     git(&repo, &["add", "."]);
     git(&repo, &["commit", "-qm", "one"]);
     let first = git(&repo, &["rev-parse", "HEAD"]);
@@ -759,4 +764,33 @@ fn an_abort_while_the_agent_is_down_is_honoured_after_restart() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The server goes away for 20 s in the middle of a run: output piles up in the run's file and is
+/// delivered when the server is back; the task completes; nothing is lost.
+#[test]
+fn a_server_outage_mid_run_loses_nothing() {
+    let mut env = Env::new();
+    let (repo, _, _) = make_repo(&env.root);
+    let id = env.make_task(json!({"project": "e2e", "name": "outage", "repo": format!("file://{}", repo.display()), "script": "slow.py", "packages": ["six"], "queue": "default"}));
+    let daemon = env.daemon("agent-a");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !env.console(&id).contains("slow 003") {
+        assert!(
+            Instant::now() < deadline,
+            "never started: {}",
+            daemon.tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    env.server.stop();
+    std::thread::sleep(Duration::from_secs(20));
+    env.server.restart();
+    let t = env.wait_final(&id, &daemon);
+    assert_eq!(t["status"], "completed", "{}", daemon.tail());
+    let console = env.console(&id);
+    let mut lines: Vec<&str> = console.lines().filter(|l| l.starts_with("slow ")).collect();
+    lines.dedup();
+    let expected: Vec<String> = (0..60).map(|i| format!("slow {i:03}")).collect();
+    assert_eq!(lines, expected, "every line, in order, none lost");
 }

@@ -55,13 +55,31 @@ impl TestServer {
     }
 
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> TestServer {
+        Self::start_on(data_dir, 0, 0, extra)
+    }
+
+    /// SIGTERM, then start again on the same data dir and the same ports.
+    pub fn restart(&mut self) {
+        self.stop();
+        let port = |url: &str| url.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+        let fresh = Self::start_on(
+            &self.data_dir.clone(),
+            port(&self.api),
+            port(&self.files),
+            &[],
+        );
+        *self = fresh;
+    }
+
+    pub fn start_on(data_dir: &Path, port: u16, files_port: u16, extra: &[&str]) -> TestServer {
+        let (port, files_port) = (port.to_string(), files_port.to_string());
         let mut child = Command::new(super::bin())
             .args([
                 "server",
                 "--port",
-                "0",
+                &port,
                 "--files-port",
-                "0",
+                &files_port,
                 "--json",
                 "--data-dir",
             ])
