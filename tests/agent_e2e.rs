@@ -79,6 +79,11 @@ fn make_repo(root: &Path) -> (PathBuf, String, String) {
         "import time\nfor i in range(60):\n    print('slow %03d' % i, flush=True)\n    time.sleep(0.5)\n",
     )
     .unwrap();
+    std::fs::write(
+        repo.join("crashy.py"),
+        "import os, time\nwith open(os.environ['MARKER_FILE'], 'a') as f:\n    f.write(os.environ['CLEARML_TASK_ID'] + ' ' + str(os.getpid()) + '\\n')\nfor i in range(20):\n    print('line %02d' % i, flush=True)\n    time.sleep(0.05)\n",
+    )
+    .unwrap();
     git(&repo, &["add", "."]);
     git(&repo, &["commit", "-qm", "one"]);
     let first = git(&repo, &["rev-parse", "HEAD"]);
@@ -102,7 +107,7 @@ impl Env {
     fn new() -> Env {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().to_path_buf();
-        let server = TestServer::start(&root.join("server"));
+        let server = TestServer::start_with(&root.join("server"), &["--access-log"]);
         std::fs::create_dir_all(root.join("home")).unwrap();
         Env {
             _tmp: tmp,
@@ -141,6 +146,10 @@ impl Env {
     }
 
     fn daemon(&self, name: &str) -> Daemon {
+        self.daemon_with(name, &[])
+    }
+
+    fn daemon_with(&self, name: &str, extra_env: &[(&str, &str)]) -> Daemon {
         let log = self.root.join(format!("{name}.log"));
         let mut cmd = Command::new(common::bin());
         cmd.args([
@@ -178,6 +187,7 @@ impl Env {
                 shared_cache("agent-tools"),
             )
             .env("CLEARML_AGENT__AGENT__STOP_GRACE_PERIOD_SEC", "2")
+            .envs(extra_env.iter().copied())
             .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
             .stderr(Stdio::from(
                 std::fs::File::options().append(true).open(&log).unwrap(),
@@ -793,4 +803,90 @@ fn a_server_outage_mid_run_loses_nothing() {
     lines.dedup();
     let expected: Vec<String> = (0..60).map(|i| format!("slow {i:03}")).collect();
     assert_eq!(lines, expected, "every line, in order, none lost");
+}
+
+/// The crash harness over the real pipeline: for every journal record S of a run, the agent is
+/// stopped dead right after appending S (`CLEARML_AGENT_FAILPOINTS=after-seq:S`), killed with -9,
+/// and restarted. Each time the task must end `completed` with exactly one terminal status call
+/// seen by the server, the script must have run once, and every output line must be in the log.
+#[test]
+fn kill_9_after_every_journal_record_converges_to_one_completion() {
+    let env = Env::new();
+    let (repo, _, _) = make_repo(&env.root);
+    let url = format!("file://{}", repo.display());
+    let mut crashed_at = Vec::new();
+    for seq in 1..40u64 {
+        let id = env.make_task(json!({"project": "e2e", "name": format!("crash at {seq}"), "repo": url, "script": "crashy.py", "packages": ["six"], "queue": "default"}));
+        let failpoint = format!("after-seq:{seq}");
+        let mut first = env.daemon_with(
+            "agent-a",
+            &[("CLEARML_AGENT_FAILPOINTS", failpoint.as_str())],
+        );
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let mut hit = false;
+        loop {
+            if std::fs::read_to_string(&first.log)
+                .unwrap_or_default()
+                .contains("FAILPOINT")
+            {
+                hit = true;
+                break;
+            }
+            if env.server.task(&id)["status"] == "completed" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "seq {seq}: neither the failpoint nor completion: {}",
+                first.tail()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        unsafe { libc::kill(first.child.get_mut().id() as i32, libc::SIGKILL) };
+        first.child.get_mut().wait().unwrap();
+        if !hit {
+            // The run has fewer records than `seq`: every record has been crashed after.
+            break;
+        }
+        crashed_at.push(seq);
+        let mut second = env.daemon("agent-a");
+        let t = env.wait_final(&id, &second);
+        assert_eq!(
+            t["status"],
+            "completed",
+            "crash after record {seq}: {t}\n{}",
+            second.tail()
+        );
+        second.stop();
+        let terminal_calls = env
+            .server
+            .log()
+            .lines()
+            .filter(|l| {
+                l.contains(&format!("task={id} -> 200"))
+                    && ["tasks.completed", "tasks.failed", "tasks.stopped"]
+                        .iter()
+                        .any(|e| l.contains(e))
+            })
+            .count();
+        assert_eq!(
+            terminal_calls, 1,
+            "crash after record {seq}: exactly one terminal status call"
+        );
+        let markers = std::fs::read_to_string(env.root.join("markers.txt")).unwrap_or_default();
+        let runs = markers.lines().filter(|l| l.starts_with(&id)).count();
+        assert_eq!(runs, 1, "crash after record {seq}: the script ran once");
+        let console = env.console(&id);
+        let mut lines: Vec<&str> = console.lines().filter(|l| l.starts_with("line ")).collect();
+        lines.dedup();
+        let expected: Vec<String> = (0..20).map(|i| format!("line {i:02}")).collect();
+        assert_eq!(
+            lines, expected,
+            "crash after record {seq}: every line, in order"
+        );
+    }
+    assert!(
+        crashed_at.len() >= 12,
+        "the run has at least 12 records to crash after: {crashed_at:?}"
+    );
 }

@@ -92,6 +92,8 @@ pub struct CallInfo {
     pub trx: String,
     pub endpoint: String,
     pub requested_version: String,
+    /// The task the call is about, when it names one (for the access log).
+    pub task: Option<String>,
 }
 
 /// The full envelope as an HTTP response.

@@ -85,6 +85,7 @@ fn call(name: &str) -> CallInfo {
         id,
         endpoint: format!("files.{name}"),
         requested_version: super::API_VERSION.into(),
+        task: None,
     }
 }
 

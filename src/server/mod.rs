@@ -305,6 +305,7 @@ async fn api_call(
             .as_ref()
             .and_then(|e| e.version.clone())
             .unwrap_or_else(|| API_VERSION.into()),
+        task: None,
     };
     if parts.method == Method::OPTIONS {
         return StatusCode::OK.into_response();
@@ -316,9 +317,13 @@ async fn api_call(
     };
     if app.access_log || status == 404 {
         eprintln!(
-            "api {} {} -> {} ({:.1} ms)",
+            "api {} {}{} -> {} ({:.1} ms)",
             parts.method,
             info.endpoint,
+            info.task
+                .as_deref()
+                .map(|t| format!(" task={t}"))
+                .unwrap_or_default(),
             status,
             started.elapsed().as_secs_f64() * 1000.0
         );
@@ -411,6 +416,7 @@ async fn handle(
         raw_body: &bytes,
     };
     let p = Params(params);
+    info.task = p.str("task").ok().flatten().map(str::to_string);
     // A handler bug must answer 500 with the envelope, never drop the connection.
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         api::dispatch(&ctx, &ep, &p)

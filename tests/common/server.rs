@@ -58,6 +58,16 @@ impl TestServer {
         Self::start_on(data_dir, 0, 0, extra)
     }
 
+    /// Where the server's stderr (and its `--access-log`) goes: beside the data dir.
+    pub fn log_path(data_dir: &Path) -> PathBuf {
+        data_dir.with_extension("log")
+    }
+
+    /// The server's stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(Self::log_path(&self.data_dir)).unwrap_or_default()
+    }
+
     /// SIGTERM, then start again on the same data dir and the same ports.
     pub fn restart(&mut self) {
         self.stop();
@@ -86,7 +96,13 @@ impl TestServer {
             .arg(data_dir)
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::from(
+                std::fs::File::options()
+                    .create(true)
+                    .append(true)
+                    .open(Self::log_path(data_dir))
+                    .unwrap(),
+            ))
             .spawn()
             .expect("server starts");
         let mut line = String::new();
