@@ -124,17 +124,29 @@ fn net_bytes() -> Option<(u64, u64)> {
     Some((rx, tx))
 }
 
-/// Previous samples, to turn counters into rates.
-#[derive(Default)]
+/// Previous samples, to turn counters into rates, and the GPU source.
 struct Samples {
     cpu: Option<(u64, u64)>,
     net: Option<(u64, u64, Instant)>,
+    gpus: Box<dyn super::gpu::GpuStats>,
 }
 
-/// Machine stats for `workers.status_report` (CPU, memory, disk, network, in the units the
-/// Python agent reports). GPU fields are left out: NVML is not queried yet.
+impl Default for Samples {
+    fn default() -> Self {
+        Samples {
+            cpu: None,
+            net: None,
+            gpus: super::gpu::detect(),
+        }
+    }
+}
+
+/// Machine stats for `workers.status_report` (CPU, memory, disk, network, and GPU fields when
+/// NVML is present, in the units the Python agent reports).
 fn machine_stats(prev: &mut Samples) -> Value {
     let mut stats = serde_json::Map::new();
+    let gpu = prev.gpus.sample();
+    super::gpu::add_to_stats(&mut stats, &gpu);
     if let Some((rx, tx)) = net_bytes() {
         if let Some((prx, ptx, at)) = prev.net {
             let dt = at.elapsed().as_secs_f64().max(0.001);

@@ -2,5 +2,6 @@
 
 pub mod daemon;
 pub mod effects;
+pub mod gpu;
 pub mod logship;
 pub mod settings;
