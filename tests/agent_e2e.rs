@@ -890,3 +890,113 @@ fn kill_9_after_every_journal_record_converges_to_one_completion() {
         "the run has at least 12 records to crash after: {crashed_at:?}"
     );
 }
+
+/// A fake AWS instance metadata service on loopback: IMDSv2 token, then `spot/instance-action`
+/// answers 404 until `notice` is set.
+fn fake_imds(notice: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let mut conn = conn;
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let head = String::from_utf8_lossy(&buf).to_string();
+            let (status, body) = if head.starts_with("PUT /latest/api/token") {
+                ("200 OK", "token-abc".to_string())
+            } else if head.starts_with("GET /latest/meta-data/spot/instance-action")
+                && head
+                    .to_ascii_lowercase()
+                    .contains("x-aws-ec2-metadata-token: token-abc")
+                && notice.load(std::sync::atomic::Ordering::SeqCst)
+            {
+                (
+                    "200 OK",
+                    r#"{"action": "terminate", "time": "2026-11-28T07:00:00Z"}"#.to_string(),
+                )
+            } else if head.starts_with("GET / ") {
+                ("200 OK", "latest".to_string())
+            } else {
+                ("404 Not Found", "not found".to_string())
+            };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+/// A spot interruption notice: the agent signals the task, requeues it at the front of its
+/// queue and stops pulling; a second daemon picks it up and completes it.
+#[test]
+fn a_preemption_notice_requeues_the_task_for_another_daemon() {
+    let env = Env::new();
+    let (repo, _, _) = make_repo(&env.root);
+    let notice = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let port = fake_imds(notice.clone());
+    let url = format!("http://127.0.0.1:{port}");
+    let id = env.make_task(json!({"project": "e2e", "name": "preempted", "repo": format!("file://{}", repo.display()), "script": "slow.py", "packages": ["six"], "queue": "default"}));
+    let mut a = env.daemon_with(
+        "agent-a",
+        &[
+            (
+                "CLEARML_AGENT__AGENT__PREEMPTION__METADATA_URL",
+                url.as_str(),
+            ),
+            ("CLEARML_AGENT__AGENT__PREEMPTION__PROVIDER", "aws"),
+            ("CLEARML_AGENT__AGENT__PREEMPTION__POLL_INTERVAL_SEC", "1"),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !env.console(&id).contains("slow 003") {
+        assert!(Instant::now() < deadline, "never started: {}", a.tail());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    notice.store(true, std::sync::atomic::Ordering::SeqCst);
+    let noticed = Instant::now();
+    while env.server.task(&id)["status"] != "queued" {
+        assert!(
+            noticed.elapsed() < Duration::from_secs(30),
+            "not requeued: {}",
+            a.tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let t = env.server.task(&id);
+    assert!(
+        t["status_message"]
+            .as_str()
+            .is_some_and(|m| m.contains("preempted")),
+        "{t}"
+    );
+    let default = env.server.default_queue();
+    let entries = env
+        .server
+        .call("queues.get_by_id", json!({"queue": default}))
+        .ok()["queue"]["entries"]
+        .clone();
+    assert_eq!(entries[0]["task"], id, "requeued at the front");
+    // The preempted daemon stops pulling and exits.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while a.child.get_mut().try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the preempted daemon kept running: {}",
+            a.tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let b = env.daemon("agent-b");
+    let t = env.wait_final(&id, &b);
+    assert_eq!(t["status"], "completed", "{}", b.tail());
+}

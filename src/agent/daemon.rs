@@ -266,6 +266,25 @@ fn open_runner(
     Ok(Runner::new(journal, effects, SystemClock))
 }
 
+/// Watches for preemption notices where the metadata endpoint answers (or when forced on).
+fn start_preemption_watcher(settings: &AgentSettings) {
+    let providers =
+        super::preemption::Provider::parse(&settings.preemption_provider).unwrap_or_default();
+    let base = settings.preemption_metadata_url.clone();
+    let on = match settings.preemption_enabled {
+        Some(forced) => forced,
+        None => super::preemption::endpoint_answers(&base),
+    };
+    if on {
+        eprintln!("clearml-agent daemon: watching {base} for preemption notices");
+        super::preemption::start(
+            base,
+            providers,
+            Duration::from_secs_f64(settings.preemption_poll_s),
+        );
+    }
+}
+
 /// Drives a run until it is terminal; a report that keeps failing is retried with a pause.
 fn drive_to_end(
     runner: &mut Runner<RealEffects>,
@@ -358,15 +377,18 @@ pub fn daemon(settings: AgentSettings, opts: DaemonOptions) -> anyhow::Result<i3
             Err(e) => eprintln!("clearml-agent: run {run} could not be resumed: {e}"),
         }
     }
+    start_preemption_watcher(&settings);
     let poll = Duration::from_secs_f64(
         opts.polling_interval_s
             .unwrap_or(settings.polling_interval_s),
     );
     let mut done = 0usize;
-    while !SHUTDOWN.load(Ordering::SeqCst) && opts.max_tasks.is_none_or(|m| done < m) {
+    let stopping =
+        || SHUTDOWN.load(Ordering::SeqCst) || super::preemption::PREEMPTED.load(Ordering::SeqCst);
+    while !stopping() && opts.max_tasks.is_none_or(|m| done < m) {
         let mut pulled = false;
         for (qid, qname) in &queues {
-            if SHUTDOWN.load(Ordering::SeqCst) {
+            if stopping() {
                 break;
             }
             let next = match api.call("v2.14/queues.get_next_task", &json!({"queue": qid})) {
@@ -416,7 +438,7 @@ pub fn daemon(settings: AgentSettings, opts: DaemonOptions) -> anyhow::Result<i3
         }
         if !pulled {
             let until = Instant::now() + poll;
-            while Instant::now() < until && !SHUTDOWN.load(Ordering::SeqCst) {
+            while Instant::now() < until && !stopping() {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }

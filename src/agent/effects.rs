@@ -384,6 +384,30 @@ impl RealEffects {
                     LostProcess::Fail => Err(EffectFailure::fatal("agent host restarted")),
                 };
             }
+            if super::preemption::PREEMPTED.load(Ordering::SeqCst) {
+                let notice = super::preemption::notice();
+                self.say(
+                    state,
+                    "WARNING",
+                    &format!(
+                        "Preemption notice ({notice}): signalling the task so it can checkpoint"
+                    ),
+                );
+                if !self.settings.requeue_on_preemption {
+                    // Leave the process to its supervisor; the run resumes on this disk.
+                    supervisor::signal_group(&launched, self.settings.preemption_signal);
+                    self.ship(&mut shipper, &offset_file, false);
+                    (self.on_shutdown)();
+                }
+                supervisor::signal_group(&launched, self.settings.preemption_signal);
+                supervisor::terminate(&run_dir, &launched, secs(self.settings.stop_grace_s));
+                self.ship(&mut shipper, &offset_file, true);
+                self.pending_stop = Some(StopRequest::Requeue {
+                    why: format!("preempted: {notice}"),
+                });
+                let code = supervisor::exit_code(&run_dir).unwrap_or(-9);
+                return Ok(EffectResult::Exited { code });
+            }
             if SHUTDOWN.load(Ordering::SeqCst) {
                 self.ship(&mut shipper, &offset_file, false);
                 (self.on_shutdown)();
@@ -567,7 +591,21 @@ impl RealEffects {
             }
         }
         match self.api.call(endpoint, &body) {
-            Ok(_) => Ok(EffectResult::Reported),
+            Ok(data) => {
+                if matches!(outcome, Outcome::Requeued { .. }) {
+                    // A preempted or lost task goes first in line, not behind newer work.
+                    let queue = data["fields"]["execution.queue"]
+                        .as_str()
+                        .map(str::to_string);
+                    if let Some(q) = queue.or_else(|| state.snapshot.queue.clone()) {
+                        let _ = self.api.call(
+                            "queues.move_task_to_front",
+                            &json!({"queue": q, "task": task}),
+                        );
+                    }
+                }
+                Ok(EffectResult::Reported)
+            }
             Err(e) if e.is_code(400, 101) => Ok(EffectResult::Reported), // the task was deleted meanwhile
             Err(e) => Err(fail(e)),
         }
@@ -618,7 +656,14 @@ impl EffectHandler for RealEffects {
     }
 
     fn poll_stop(&mut self, _state: &RunState) -> Option<StopRequest> {
-        self.pending_stop.take()
+        if let Some(stop) = self.pending_stop.take() {
+            return Some(stop);
+        }
+        // A notice before the user process runs: give the task back right away.
+        (super::preemption::PREEMPTED.load(Ordering::SeqCst) && self.settings.requeue_on_preemption)
+            .then(|| StopRequest::Requeue {
+                why: format!("preempted: {}", super::preemption::notice()),
+            })
     }
 }
 

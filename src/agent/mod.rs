@@ -4,4 +4,5 @@ pub mod daemon;
 pub mod effects;
 pub mod gpu;
 pub mod logship;
+pub mod preemption;
 pub mod settings;

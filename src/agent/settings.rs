@@ -97,6 +97,17 @@ pub struct AgentSettings {
     pub stop_grace_s: f64,
     pub log_flush_interval_s: f64,
     pub on_lost_process: LostProcess,
+    /// Cloud metadata base URL for preemption notices (`agent.preemption.metadata_url`).
+    pub preemption_metadata_url: String,
+    /// `agent.preemption.enabled`: `auto` (on when the endpoint answers), `true` or `false`.
+    pub preemption_enabled: Option<bool>,
+    pub preemption_provider: String,
+    pub preemption_poll_s: f64,
+    /// Signal sent to the user process on a notice, so it can checkpoint.
+    pub preemption_signal: i32,
+    /// `agent.resume.on_preemption`: requeue the task at the front of its queue (default) or
+    /// leave it to resume on the same disk.
+    pub requeue_on_preemption: bool,
 }
 
 impl std::fmt::Debug for AgentSettings {
@@ -263,6 +274,54 @@ impl AgentSettings {
             task_ping_interval_s: positive("agent.task_ping_interval_sec", 60.0)?,
             stop_grace_s: number(config, "agent.stop_grace_period_sec", 10.0)?.max(0.0),
             log_flush_interval_s: positive("agent.log_flush_interval_sec", 1.0)?,
+            preemption_metadata_url: opt_string(config, "agent.preemption.metadata_url")
+                .unwrap_or_else(|| "http://169.254.169.254".into())
+                .trim_end_matches('/')
+                .to_string(),
+            preemption_enabled: match opt_string(config, "agent.preemption.enabled").as_deref() {
+                None | Some("auto") => None,
+                Some(_) => Some(boolean(config, "agent.preemption.enabled", true)?),
+            },
+            preemption_provider: {
+                let p = opt_string(config, "agent.preemption.provider")
+                    .unwrap_or_else(|| "auto".into());
+                if crate::agent::preemption::Provider::parse(&p).is_none() {
+                    return Err(SettingsError::Invalid {
+                        key: "agent.preemption.provider".into(),
+                        reason: format!("expected auto, aws, gcp or azure, got {p:?}"),
+                    });
+                }
+                p
+            },
+            preemption_poll_s: positive("agent.preemption.poll_interval_sec", 5.0)?,
+            preemption_signal: match opt_string(config, "agent.preemption.signal")
+                .as_deref()
+                .unwrap_or("SIGTERM")
+            {
+                "SIGTERM" | "TERM" => libc::SIGTERM,
+                "SIGINT" | "INT" => libc::SIGINT,
+                "SIGUSR1" | "USR1" => libc::SIGUSR1,
+                "SIGUSR2" | "USR2" => libc::SIGUSR2,
+                other => {
+                    return Err(SettingsError::Invalid {
+                        key: "agent.preemption.signal".into(),
+                        reason: format!(
+                            "expected SIGTERM, SIGINT, SIGUSR1 or SIGUSR2, got {other:?}"
+                        ),
+                    })
+                }
+            },
+            requeue_on_preemption: match opt_string(config, "agent.resume.on_preemption").as_deref()
+            {
+                None | Some("requeue") => true,
+                Some("resume") => false,
+                Some(other) => {
+                    return Err(SettingsError::Invalid {
+                        key: "agent.resume.on_preemption".into(),
+                        reason: format!("expected requeue or resume, got {other:?}"),
+                    })
+                }
+            },
             on_lost_process: match opt_string(config, "agent.resume.on_lost_process").as_deref() {
                 None | Some("requeue") => LostProcess::Requeue,
                 Some("fail") => LostProcess::Fail,
