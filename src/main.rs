@@ -54,9 +54,19 @@ struct DaemonArgs {
     /// Visit every queue once per cycle instead of always starting from the first.
     #[arg(long)]
     order_fairness: bool,
-    /// Stay in the foreground (the only mode for now; accepted for compatibility).
+    /// Stay in the foreground (the default; accepted for compatibility).
     #[arg(long)]
     foreground: bool,
+    /// Run in the background (new session; output to a log beside the pid file).
+    #[arg(long, conflicts_with = "foreground")]
+    detached: bool,
+    /// Stop the running daemon (recorded in agent.pid_file): abort its tasks, reported stopped
+    /// with "agent shutdown", then exit. With --drain: stop pulling and let running tasks finish.
+    #[arg(long)]
+    stop: bool,
+    /// With --stop: wait for running tasks to finish instead of aborting them.
+    #[arg(long, requires = "stop")]
+    drain: bool,
     /// Create the queues that do not exist.
     #[arg(long)]
     create_queue: bool,
@@ -227,6 +237,13 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Server(args) => server(args),
         Command::Daemon(args) => {
             let (_, settings) = clearml_agent::agent::settings::load(args.config_file.as_deref())?;
+            if args.stop {
+                return clearml_agent::agent::daemon::stop_daemon(&settings, args.drain);
+            }
+            if args.detached {
+                let argv: Vec<String> = std::env::args().skip(1).collect();
+                return clearml_agent::agent::daemon::detach(&settings, &argv);
+            }
             let opts = clearml_agent::agent::daemon::DaemonOptions {
                 queues: args.queue,
                 order_fairness: args.order_fairness,

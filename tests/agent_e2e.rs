@@ -1000,3 +1000,93 @@ fn a_preemption_notice_requeues_the_task_for_another_daemon() {
     let t = env.wait_final(&id, &b);
     assert_eq!(t["status"], "completed", "{}", b.tail());
 }
+
+/// `daemon --detached` runs in the background with a pid file; `daemon --stop` aborts its running
+/// task (reported `stopped`, "agent shutdown", never `completed`) and waits for it to exit;
+/// `daemon --stop --drain` stops pulling and lets the running task finish first.
+#[test]
+fn detached_daemon_stop_and_drain() {
+    let env = Env::new();
+    let (repo, _, _) = make_repo(&env.root);
+    let pid_file = env.root.join("agent.pid");
+    let agent = |args: &[&str]| {
+        let mut cmd = Command::new(common::bin());
+        cmd.args(args);
+        env.client_env(&mut cmd);
+        cmd.env("CLEARML_AGENT_JOURNAL_DIR", env.root.join("d-journal"))
+            .env("CLEARML_AGENT__AGENT__RUNS_DIR", env.root.join("d-runs"))
+            .env("CLEARML_AGENT__AGENT__VENVS_DIR", env.root.join("d-venvs"))
+            .env(
+                "CLEARML_AGENT__AGENT__TOOLS_DIR",
+                shared_cache("agent-tools"),
+            )
+            .env("CLEARML_AGENT__AGENT__PID_FILE", &pid_file)
+            .env("CLEARML_AGENT__AGENT__STOP_GRACE_PERIOD_SEC", "2")
+            .env("CLEARML_WORKER_ID", "detached:0");
+        cmd.output().unwrap()
+    };
+    let wait_for = |what: &str, f: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let url = format!("file://{}", repo.display());
+    // --stop: the running task is aborted as "agent shutdown".
+    let out = agent(&[
+        "daemon",
+        "--queue",
+        "default",
+        "--detached",
+        "--polling-interval",
+        "0.5",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("the pid file", &|| pid_file.exists());
+    let id = env.make_task(json!({"project": "e2e", "name": "stopped by --stop", "repo": url, "script": "sleeper.py", "packages": ["six"], "queue": "default"}));
+    wait_for("the task to run", &|| env.console(&id).contains("tick 2"));
+    let out = agent(&["daemon", "--stop"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = env.server.task(&id);
+    assert_eq!(
+        (t["status"].as_str(), t["status_reason"].as_str()),
+        (Some("stopped"), Some("agent shutdown")),
+        "{t}"
+    );
+    assert!(!pid_file.exists(), "the pid file is removed on exit");
+    // --stop --drain: the running task completes, the next one stays queued.
+    let out = agent(&[
+        "daemon",
+        "--queue",
+        "default",
+        "--detached",
+        "--polling-interval",
+        "0.5",
+    ]);
+    assert!(out.status.success());
+    wait_for("the pid file", &|| pid_file.exists());
+    let running = env.make_task(json!({"project": "e2e", "name": "drained", "repo": url, "script": "long.py", "packages": ["six"], "queue": "default"}));
+    wait_for("the task to run", &|| {
+        env.console(&running).contains("tick 002")
+    });
+    let waiting = env.make_task(json!({"project": "e2e", "name": "left queued", "repo": url, "script": "fail.py", "packages": ["six"], "queue": "default"}));
+    let out = agent(&["daemon", "--stop", "--drain"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(env.server.task(&running)["status"], "completed");
+    assert_eq!(env.server.task(&waiting)["status"], "queued");
+    let out = agent(&["daemon", "--stop"]);
+    assert!(!out.status.success(), "no daemon left to stop");
+}

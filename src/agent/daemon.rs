@@ -1,7 +1,7 @@
 //! `clearml-agent daemon` and `clearml-agent execute`: the queue loop, worker registration and
 //! status reports, and one journaled run per pulled task (see ARCHITECTURE.md for the flow).
 
-use super::effects::{snapshot_of, RealEffects, SHUTDOWN};
+use super::effects::{snapshot_of, RealEffects, ABORT_ALL, DRAIN, SHUTDOWN};
 use super::logship::agent_line;
 use super::settings::AgentSettings;
 use crate::api::{ApiClient, ApiSettings};
@@ -42,9 +42,20 @@ extern "C" fn on_signal(_: libc::c_int) {
     SHUTDOWN.store(true, Ordering::SeqCst);
 }
 
-/// SIGTERM and SIGINT ask the daemon to stop pulling and exit.
+extern "C" fn on_stop(_: libc::c_int) {
+    ABORT_ALL.store(true, Ordering::SeqCst);
+}
+
+extern "C" fn on_drain(_: libc::c_int) {
+    DRAIN.store(true, Ordering::SeqCst);
+}
+
+/// SIGTERM and SIGINT ask the daemon to stop pulling and exit, leaving running tasks to their
+/// supervisors; SIGUSR1 (`--stop`) aborts them first; SIGUSR2 (`--stop --drain`) lets them finish.
 pub fn install_signal_handlers() {
     unsafe {
+        libc::signal(libc::SIGUSR1, on_stop as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGUSR2, on_drain as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
     }
@@ -338,8 +349,77 @@ fn run_task(
     drive_to_end(runner, &run)
 }
 
+/// `daemon --stop [--drain]`: signals the recorded daemon and waits for it to exit.
+pub fn stop_daemon(settings: &AgentSettings, drain: bool) -> anyhow::Result<i32> {
+    let path = &settings.pid_file;
+    let pid: i32 = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("no running daemon recorded in {}: {e}", path.display()))?
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("pid file {} does not hold a pid", path.display()))?;
+    let signal = if drain { libc::SIGUSR2 } else { libc::SIGUSR1 };
+    if unsafe { libc::kill(pid, signal) } != 0 {
+        let _ = std::fs::remove_file(path);
+        anyhow::bail!(
+            "daemon pid {pid} (from {}) is not running; removed the stale pid file",
+            path.display()
+        );
+    }
+    eprintln!(
+        "clearml-agent: asked daemon {pid} to {}",
+        if drain {
+            "drain and exit"
+        } else {
+            "abort its tasks and exit"
+        }
+    );
+    while unsafe { libc::kill(pid, 0) } == 0 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("clearml-agent: daemon {pid} exited");
+    Ok(0)
+}
+
+/// `--detached`: starts this same daemon in the background (new session, output to a log file
+/// beside the pid file) and returns once it is started.
+pub fn detach(settings: &AgentSettings, args: &[String]) -> anyhow::Result<i32> {
+    use std::os::unix::process::CommandExt;
+    let log = settings.pid_file.with_extension("log");
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)?;
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.args(args.iter().filter(|a| *a != "--detached"))
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    println!(
+        "clearml-agent daemon running in the background: pid {}, log {}",
+        child.id(),
+        log.display()
+    );
+    Ok(0)
+}
+
 pub fn daemon(settings: AgentSettings, opts: DaemonOptions) -> anyhow::Result<i32> {
     install_signal_handlers();
+    let pid_path = settings.pid_file.clone();
+    if let Some(dir) = pid_path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&pid_path, std::process::id().to_string())?;
     let worker = settings.worker_id(0);
     let api = connect(&settings, &worker)?;
     let queues = resolve_queues(&api, &opts.queues, opts.create_queue)?;
@@ -383,8 +463,12 @@ pub fn daemon(settings: AgentSettings, opts: DaemonOptions) -> anyhow::Result<i3
             .unwrap_or(settings.polling_interval_s),
     );
     let mut done = 0usize;
-    let stopping =
-        || SHUTDOWN.load(Ordering::SeqCst) || super::preemption::PREEMPTED.load(Ordering::SeqCst);
+    let stopping = || {
+        SHUTDOWN.load(Ordering::SeqCst)
+            || ABORT_ALL.load(Ordering::SeqCst)
+            || DRAIN.load(Ordering::SeqCst)
+            || super::preemption::PREEMPTED.load(Ordering::SeqCst)
+    };
     while !stopping() && opts.max_tasks.is_none_or(|m| done < m) {
         let mut pulled = false;
         for (qid, qname) in &queues {
@@ -447,6 +531,7 @@ pub fn daemon(settings: AgentSettings, opts: DaemonOptions) -> anyhow::Result<i3
         "workers.unregister",
         &json!({"worker": worker, "queues": ids}),
     );
+    let _ = std::fs::remove_file(&pid_path);
     Ok(0)
 }
 

@@ -25,6 +25,12 @@ use std::time::{Duration, Instant};
 
 /// Set when the daemon is asked to shut down: a run being waited on is left to its supervisor.
 pub static SHUTDOWN: AtomicBool = AtomicBool::new(false);
+/// Set by `daemon --stop` (SIGUSR1): running tasks are aborted and reported stopped.
+pub static ABORT_ALL: AtomicBool = AtomicBool::new(false);
+/// Set by `daemon --stop --drain` (SIGUSR2): stop pulling, let running tasks finish.
+pub static DRAIN: AtomicBool = AtomicBool::new(false);
+/// The stop reason of tasks aborted by `daemon --stop`.
+pub const AGENT_SHUTDOWN: &str = "agent shutdown";
 
 pub struct RealEffects {
     pub settings: AgentSettings,
@@ -412,6 +418,20 @@ impl RealEffects {
                 self.ship(&mut shipper, &offset_file, false);
                 (self.on_shutdown)();
             }
+            if ABORT_ALL.load(Ordering::SeqCst) {
+                self.say(
+                    state,
+                    "WARNING",
+                    "The agent is being stopped (clearml-agent daemon --stop): aborting the task",
+                );
+                supervisor::terminate(&run_dir, &launched, secs(self.settings.stop_grace_s));
+                self.ship(&mut shipper, &offset_file, true);
+                self.pending_stop = Some(StopRequest::Abort {
+                    by: AGENT_SHUTDOWN.into(),
+                });
+                let code = supervisor::exit_code(&run_dir).unwrap_or(-9);
+                return Ok(EffectResult::Exited { code });
+            }
             if last_flush.elapsed() >= flush_every {
                 self.ship(&mut shipper, &offset_file, false);
                 last_flush = Instant::now();
@@ -565,6 +585,11 @@ impl RealEffects {
                 "tasks.failed",
                 reason.clone(),
                 format!("Process failed: {reason}"),
+            ),
+            Outcome::Aborted { by } if by == AGENT_SHUTDOWN => (
+                "tasks.stopped",
+                AGENT_SHUTDOWN.to_string(),
+                "Process aborted: the agent was stopped (clearml-agent daemon --stop)".to_string(),
             ),
             Outcome::Aborted { .. } => (
                 "tasks.stopped",

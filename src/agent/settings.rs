@@ -97,6 +97,8 @@ pub struct AgentSettings {
     pub stop_grace_s: f64,
     pub log_flush_interval_s: f64,
     pub on_lost_process: LostProcess,
+    /// `agent.pid_file`: where `daemon` records its pid for `daemon --stop`.
+    pub pid_file: PathBuf,
     /// Cloud metadata base URL for preemption notices (`agent.preemption.metadata_url`).
     pub preemption_metadata_url: String,
     /// `agent.preemption.enabled`: `auto` (on when the endpoint answers), `true` or `false`.
@@ -322,6 +324,11 @@ impl AgentSettings {
                     })
                 }
             },
+            pid_file: path(
+                config,
+                "agent.pid_file",
+                "~/.clearml/clearml-agent-daemon.pid",
+            ),
             on_lost_process: match opt_string(config, "agent.resume.on_lost_process").as_deref() {
                 None | Some("requeue") => LostProcess::Requeue,
                 Some("fail") => LostProcess::Fail,
