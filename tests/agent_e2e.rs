@@ -815,9 +815,18 @@ fn kill_9_after_every_journal_record_converges_to_one_completion() {
     let (repo, _, _) = make_repo(&env.root);
     let url = format!("file://{}", repo.display());
     let mut crashed_at = Vec::new();
-    for seq in 1..40u64 {
+    // Named points inside effects first (the first task also builds the venv and clones: those
+    // are the points that can only be hit once), then after every journal record.
+    let named = ["mid-install", "mid-clone", "mid-run", "after-terminal-call"];
+    let points: Vec<String> = named
+        .iter()
+        .map(|s| s.to_string())
+        .chain((1..40u64).map(|s| format!("after-seq:{s}")))
+        .collect();
+    let mut cloned_or_installed_once = true;
+    for failpoint in points {
+        let seq = failpoint.clone();
         let id = env.make_task(json!({"project": "e2e", "name": format!("crash at {seq}"), "repo": url, "script": "crashy.py", "packages": ["six"], "queue": "default"}));
-        let failpoint = format!("after-seq:{seq}");
         let mut first = env.daemon_with(
             "agent-a",
             &[("CLEARML_AGENT_FAILPOINTS", failpoint.as_str())],
@@ -845,10 +854,20 @@ fn kill_9_after_every_journal_record_converges_to_one_completion() {
         unsafe { libc::kill(first.child.get_mut().id() as i32, libc::SIGKILL) };
         first.child.get_mut().wait().unwrap();
         if !hit {
-            // The run has fewer records than `seq`: every record has been crashed after.
-            break;
+            assert!(
+                failpoint.starts_with("after-seq:")
+                    || failpoint == "mid-clone"
+                    || failpoint == "mid-install",
+                "the named point {failpoint} was never reached"
+            );
+            if failpoint.starts_with("after-seq:") {
+                // The run has fewer records than `seq`: every record has been crashed after.
+                break;
+            }
+            cloned_or_installed_once = false;
+            continue;
         }
-        crashed_at.push(seq);
+        crashed_at.push(seq.clone());
         let mut second = env.daemon("agent-a");
         let t = env.wait_final(&id, &second);
         assert_eq!(
@@ -886,9 +905,34 @@ fn kill_9_after_every_journal_record_converges_to_one_completion() {
         );
     }
     assert!(
-        crashed_at.len() >= 12,
-        "the run has at least 12 records to crash after: {crashed_at:?}"
+        crashed_at.len() >= 14,
+        "crashed at the named points and at least 12 records: {crashed_at:?}"
     );
+    assert!(
+        crashed_at.iter().any(|c| c == "mid-run")
+            && crashed_at.iter().any(|c| c == "after-terminal-call")
+    );
+    // Across every task and every crash: the repository was cloned once and the venv built once
+    // (all later runs reuse the caches), whatever point the agent died at.
+    let all: String = env
+        .server
+        .call("tasks.get_all", json!({"only_fields": ["id"]}))
+        .ok()["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| env.console(t["id"].as_str().unwrap()))
+        .collect();
+    eprintln!("crash harness: killed -9 at {crashed_at:?}");
+    let clones = all.lines().filter(|l| l.starts_with("Cloning ")).count();
+    let builds = all.lines().filter(|l| l.starts_with("Installed ")).count();
+    assert!(
+        clones <= 2 && builds <= 2,
+        "clones {clones}, venv builds {builds} (a crash mid-clone or mid-install may redo one)"
+    );
+    if cloned_or_installed_once {
+        assert!(clones >= 1 && builds >= 1);
+    }
 }
 
 /// A fake AWS instance metadata service on loopback: IMDSv2 token, then `spot/instance-action`

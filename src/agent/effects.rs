@@ -184,7 +184,12 @@ impl RealEffects {
         // A half-built venv from a crashed attempt is never reused.
         let _ = std::fs::remove_dir_all(&dirs.venv);
         let env_settings = self.venv_settings();
-        let mut log = |l: &str| self.say(state, "INFO", l);
+        let mut log = |l: &str| {
+            self.say(state, "INFO", l);
+            if l.contains("Collecting") || l.contains("Resolved") || l.contains("Downloading") {
+                crate::failpoint::hit("mid-install");
+            }
+        };
         let outcome = venv::build(&env_settings, &spec, &dirs.venv, &mut log)
             .map_err(|e| EffectFailure::fatal(e.to_string()))?;
         Ok(EffectResult::EnvResolved(EnvFacts {
@@ -207,7 +212,10 @@ impl RealEffects {
             }));
         };
         let settings = self.vcs_settings();
-        let mut log = |l: &str| self.say(state, "INFO", l);
+        let mut log = |l: &str| {
+            self.say(state, "INFO", l);
+            crate::failpoint::hit("mid-clone");
+        };
         let out = vcs::checkout(&settings, &spec, &dirs.code, &mut log)
             .map_err(|e| EffectFailure::fatal(e.to_string()))?;
         Ok(EffectResult::Cloned(SourceFacts {
@@ -435,6 +443,9 @@ impl RealEffects {
             if last_flush.elapsed() >= flush_every {
                 self.ship(&mut shipper, &offset_file, false);
                 last_flush = Instant::now();
+                if shipper.offset() > 0 {
+                    crate::failpoint::hit("mid-run");
+                }
             }
             if last_ping.elapsed() >= ping_every {
                 let _ = self.api.call("tasks.ping", &json!({"task": state.task_id}));
@@ -617,6 +628,8 @@ impl RealEffects {
         }
         match self.api.call(endpoint, &body) {
             Ok(data) => {
+                // The crash harness stops here: the status is set, its journal record is not.
+                crate::failpoint::hit("after-terminal-call");
                 if matches!(outcome, Outcome::Requeued { .. }) {
                     // A preempted or lost task goes first in line, not behind newer work.
                     let queue = data["fields"]["execution.queue"]
