@@ -935,51 +935,6 @@ fn kill_9_after_every_journal_record_converges_to_one_completion() {
     }
 }
 
-/// A fake AWS instance metadata service on loopback: IMDSv2 token, then `spot/instance-action`
-/// answers 404 until `notice` is set.
-fn fake_imds(notice: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u16 {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let mut conn = conn;
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 1024];
-            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                match conn.read(&mut chunk) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-            }
-            let head = String::from_utf8_lossy(&buf).to_string();
-            let (status, body) = if head.starts_with("PUT /latest/api/token") {
-                ("200 OK", "token-abc".to_string())
-            } else if head.starts_with("GET /latest/meta-data/spot/instance-action")
-                && head
-                    .to_ascii_lowercase()
-                    .contains("x-aws-ec2-metadata-token: token-abc")
-                && notice.load(std::sync::atomic::Ordering::SeqCst)
-            {
-                (
-                    "200 OK",
-                    r#"{"action": "terminate", "time": "2026-11-28T07:00:00Z"}"#.to_string(),
-                )
-            } else if head.starts_with("GET / ") {
-                ("200 OK", "latest".to_string())
-            } else {
-                ("404 Not Found", "not found".to_string())
-            };
-            let _ = write!(
-                conn,
-                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    port
-}
-
 /// A spot interruption notice: the agent signals the task, requeues it at the front of its
 /// queue and stops pulling; a second daemon picks it up and completes it.
 #[test]
@@ -987,7 +942,7 @@ fn a_preemption_notice_requeues_the_task_for_another_daemon() {
     let env = Env::new();
     let (repo, _, _) = make_repo(&env.root);
     let notice = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let port = fake_imds(notice.clone());
+    let port = common::imds::fake_imds(notice.clone());
     let url = format!("http://127.0.0.1:{port}");
     let id = env.make_task(json!({"project": "e2e", "name": "preempted", "repo": format!("file://{}", repo.display()), "script": "slow.py", "packages": ["six"], "queue": "default"}));
     let mut a = env.daemon_with(

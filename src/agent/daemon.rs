@@ -263,7 +263,10 @@ fn open_runner(
     let journal = Journal::open_writer(
         &settings.journal_dir,
         crate::host::this_agent(),
-        JournalConfig::default(),
+        JournalConfig {
+            flush_every_append: settings.journal_flush,
+            ..JournalConfig::default()
+        },
     )?;
     let exe = std::env::current_exe()?;
     let mut effects = RealEffects::new(settings.clone(), api.clone(), worker_id.to_string(), exe);

@@ -97,6 +97,9 @@ pub struct AgentSettings {
     pub stop_grace_s: f64,
     pub log_flush_interval_s: f64,
     pub on_lost_process: LostProcess,
+    /// `agent.journal.flush` (default true): flush each journal record to disk before the next
+    /// effect. Only the journaling-cost benchmark turns it off.
+    pub journal_flush: bool,
     /// `agent.pid_file`: where `daemon` records its pid for `daemon --stop`.
     pub pid_file: PathBuf,
     /// Cloud metadata base URL for preemption notices (`agent.preemption.metadata_url`).
@@ -295,7 +298,7 @@ impl AgentSettings {
                 }
                 p
             },
-            preemption_poll_s: positive("agent.preemption.poll_interval_sec", 5.0)?,
+            preemption_poll_s: positive("agent.preemption.poll_interval_sec", 2.0)?,
             preemption_signal: match opt_string(config, "agent.preemption.signal")
                 .as_deref()
                 .unwrap_or("SIGTERM")
@@ -324,6 +327,7 @@ impl AgentSettings {
                     })
                 }
             },
+            journal_flush: boolean(config, "agent.journal.flush", true)?,
             pid_file: path(
                 config,
                 "agent.pid_file",

@@ -118,4 +118,5 @@ pub fn json(out: &Output) -> serde_json::Value {
         )
     })
 }
+pub mod imds;
 pub mod server;
