@@ -43,8 +43,13 @@ fn client(cmd: &mut Command, s: &TestServer, home: &Path) {
 
 /// Runs a helper script and returns the JSON object it prints last.
 fn python(s: &TestServer, home: &Path, name: &str, args: &[&str]) -> Value {
+    python_file(s, home, &script(name), args)
+}
+
+fn python_file(s: &TestServer, home: &Path, file: &Path, args: &[&str]) -> Value {
+    let name = file.file_name().unwrap().to_string_lossy().to_string();
     let mut cmd = Command::new(venv().join("bin/python"));
-    cmd.arg(script(name)).args(args);
+    cmd.arg(file).args(args);
     client(&mut cmd, s, home);
     let out = cmd.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -236,7 +241,11 @@ fn local_task_init_reports_scalars_and_uploads_an_artifact() {
     let s = TestServer::start(&tmp.path().join("server"));
     let home = tmp.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
-    let run = python(&s, &home, "local_run.py", &["demo", "local run"]);
+    // Run a copy outside this repository: the SDK analyses the script's git repository (and
+    // would walk this checkout's target/ dir), which a user's standalone script does not have.
+    let local = home.join("local_run.py");
+    std::fs::copy(script("local_run.py"), &local).unwrap();
+    let run = python_file(&s, &home, &local, &["demo", "local run"]);
     let id = run["id"].as_str().unwrap().to_string();
     let back = python(&s, &home, "readback.py", &[&id]);
     assert_eq!(back["status"], "completed");
