@@ -1089,3 +1089,59 @@ fn detached_daemon_stop_and_drain() {
     let out = agent(&["daemon", "--stop"]);
     assert!(!out.status.success(), "no daemon left to stop");
 }
+
+/// The task is deleted while no agent runs: the restarted agent stops the process it re-attached
+/// to and closes the run locally (no status to report on a task that no longer exists).
+#[test]
+fn a_task_deleted_while_the_agent_is_down_is_closed_locally() {
+    let env = Env::new();
+    let (repo, _, _) = make_repo(&env.root);
+    let pid_file = env.root.join("sleeper.pid");
+    let id = env.make_task(json!({"project": "e2e", "name": "deleted while down", "repo": format!("file://{}", repo.display()), "script": "sleeper.py", "packages": ["six"], "queue": "default"}));
+    let mut first = env.daemon("agent-a");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !(pid_file.exists() && env.console(&id).contains("tick 3")) {
+        assert!(Instant::now() < deadline, "never started: {}", first.tail());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    unsafe { libc::kill(first.child.get_mut().id() as i32, libc::SIGKILL) };
+    first.child.get_mut().wait().unwrap();
+    env.server
+        .call("tasks.delete", json!({"task": id, "force": true}))
+        .ok();
+    let mut second = env.daemon("agent-a");
+    let gone =
+        || std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !gone() {
+        assert!(
+            Instant::now() < deadline,
+            "the user process {pid} of a deleted task is still alive: {}",
+            second.tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let journal = env.root.join("agent-a-journal");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        second.stop();
+        let out = Command::new(common::bin())
+            .args(["journal", "inspect", "--json", "--journal-dir"])
+            .arg(&journal)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if text.contains("aborted") {
+            assert!(!text.contains("completed"), "{text}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the run was not closed: {text}");
+        second = env.daemon("agent-a");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
