@@ -198,6 +198,29 @@ impl Env {
         }
     }
 
+    /// Creates a task running `script` from `repo`, starts daemon `agent-a`, waits until its
+    /// console shows `marker`, then sends the daemon `signal` and reaps it. Returns the task id,
+    /// the daemon's exit status and its log tail.
+    fn run_until_then_kill(
+        &self,
+        repo: &Path,
+        name: &str,
+        script: &str,
+        marker: &str,
+        signal: i32,
+    ) -> (String, std::process::ExitStatus, String) {
+        let id = self.make_task(json!({"project": "e2e", "name": name, "repo": format!("file://{}", repo.display()), "script": script, "packages": ["six"], "queue": "default"}));
+        let mut first = self.daemon("agent-a");
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while !self.console(&id).contains(marker) {
+            assert!(Instant::now() < deadline, "never started: {}", first.tail());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        unsafe { libc::kill(first.child.get_mut().id() as i32, signal) };
+        let status = first.child.get_mut().wait().unwrap();
+        (id, status, first.tail())
+    }
+
     fn wait_final(&self, id: &str, daemon: &Daemon) -> Value {
         let deadline = Instant::now() + Duration::from_secs(600);
         loop {
@@ -601,35 +624,17 @@ fn survive_agent_death(signal: i32) {
     let env = Env::new();
     let (repo, _, _) = make_repo(&env.root);
     let pid_file = env.root.join("sleeper.pid");
-    let id = env.make_task(json!({"project": "e2e", "name": "long", "repo": format!("file://{}", repo.display()), "script": "long.py", "packages": ["six"], "queue": "default"}));
-    let mut first = env.daemon("agent-a");
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while !env.console(&id).contains("tick 005") {
-        assert!(Instant::now() < deadline, "never started: {}", first.tail());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let pid = first.child.get_mut().id() as i32;
-    unsafe { libc::kill(pid, signal) };
-    let status = first.child.get_mut().wait().unwrap();
+    let (id, status, first_tail) =
+        env.run_until_then_kill(&repo, "long", "long.py", "tick 005", signal);
     if signal == libc::SIGTERM {
-        assert!(
-            status.success(),
-            "SIGTERM exits 0: {status}\n{}",
-            first.tail()
-        );
+        assert!(status.success(), "SIGTERM exits 0: {status}\n{first_tail}");
     }
     // The user process keeps running under its supervisor while no agent is there.
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(env.server.task(&id)["status"], "in_progress");
     let second = env.daemon("agent-a");
     let t = env.wait_final(&id, &second);
-    assert_eq!(
-        t["status"],
-        "completed",
-        "{}\n{}",
-        first.tail(),
-        second.tail()
-    );
+    assert_eq!(t["status"], "completed", "{first_tail}\n{}", second.tail());
     let pids = std::fs::read_to_string(&pid_file).unwrap();
     assert_eq!(
         pids.lines().count(),
@@ -679,15 +684,7 @@ fn a_lost_process_is_requeued_and_runs_again() {
     let env = Env::new();
     let (repo, _, _) = make_repo(&env.root);
     let pid_file = env.root.join("sleeper.pid");
-    let id = env.make_task(json!({"project": "e2e", "name": "lost", "repo": format!("file://{}", repo.display()), "script": "long.py", "packages": ["six"], "queue": "default"}));
-    let mut first = env.daemon("agent-a");
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while !env.console(&id).contains("tick 005") {
-        assert!(Instant::now() < deadline, "never started: {}", first.tail());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    unsafe { libc::kill(first.child.get_mut().id() as i32, libc::SIGKILL) };
-    first.child.get_mut().wait().unwrap();
+    let (id, _, _) = env.run_until_then_kill(&repo, "lost", "long.py", "tick 005", libc::SIGKILL);
     // Kill the supervisor's whole process group the way a power cut would: no exit file.
     let sup = std::fs::read_dir(env.root.join("agent-a-runs"))
         .unwrap()
@@ -732,20 +729,18 @@ fn an_abort_while_the_agent_is_down_is_honoured_after_restart() {
     let env = Env::new();
     let (repo, _, _) = make_repo(&env.root);
     let pid_file = env.root.join("sleeper.pid");
-    let id = env.make_task(json!({"project": "e2e", "name": "aborted while down", "repo": format!("file://{}", repo.display()), "script": "sleeper.py", "packages": ["six"], "queue": "default"}));
-    let mut first = env.daemon("agent-a");
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while !(pid_file.exists() && env.console(&id).contains("tick 3")) {
-        assert!(Instant::now() < deadline, "never started: {}", first.tail());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (id, _, _) = env.run_until_then_kill(
+        &repo,
+        "aborted while down",
+        "sleeper.py",
+        "tick 3",
+        libc::SIGKILL,
+    );
     let pid: i32 = std::fs::read_to_string(&pid_file)
         .unwrap()
         .trim()
         .parse()
         .unwrap();
-    unsafe { libc::kill(first.child.get_mut().id() as i32, libc::SIGKILL) };
-    first.child.get_mut().wait().unwrap();
     let mut stop = Command::new(venv().join("bin/python"));
     stop.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/stop.py"))
         .arg(&id)
@@ -1097,20 +1092,18 @@ fn a_task_deleted_while_the_agent_is_down_is_closed_locally() {
     let env = Env::new();
     let (repo, _, _) = make_repo(&env.root);
     let pid_file = env.root.join("sleeper.pid");
-    let id = env.make_task(json!({"project": "e2e", "name": "deleted while down", "repo": format!("file://{}", repo.display()), "script": "sleeper.py", "packages": ["six"], "queue": "default"}));
-    let mut first = env.daemon("agent-a");
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while !(pid_file.exists() && env.console(&id).contains("tick 3")) {
-        assert!(Instant::now() < deadline, "never started: {}", first.tail());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (id, _, _) = env.run_until_then_kill(
+        &repo,
+        "deleted while down",
+        "sleeper.py",
+        "tick 3",
+        libc::SIGKILL,
+    );
     let pid: i32 = std::fs::read_to_string(&pid_file)
         .unwrap()
         .trim()
         .parse()
         .unwrap();
-    unsafe { libc::kill(first.child.get_mut().id() as i32, libc::SIGKILL) };
-    first.child.get_mut().wait().unwrap();
     env.server
         .call("tasks.delete", json!({"task": id, "force": true}))
         .ok();
