@@ -19,14 +19,7 @@ use support::percentile;
 const REPS: usize = 3;
 
 fn venv() -> PathBuf {
-    let v = std::env::var_os("CLEARML_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyvenv"));
-    assert!(
-        v.join("bin/clearml-agent").exists(),
-        "run scripts/python-venv.sh first"
-    );
-    v
+    common::python_venv()
 }
 
 fn now_s() -> f64 {

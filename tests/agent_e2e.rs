@@ -11,15 +11,31 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn venv() -> PathBuf {
-    let venv = std::env::var_os("CLEARML_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyvenv"));
-    assert!(
-        venv.join("bin/python").exists(),
-        "the Python test venv is missing at {}: run scripts/python-venv.sh",
-        venv.display()
-    );
-    venv
+    common::python_venv()
+}
+
+/// The pid a test script wrote to `file`.
+fn read_pid(file: &Path) -> i32 {
+    std::fs::read_to_string(file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Waits (bounded) until `pid` is gone or a zombie.
+fn wait_gone(pid: i32, context: &dyn Fn() -> String) {
+    let gone =
+        || std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !gone() {
+        assert!(
+            Instant::now() < deadline,
+            "the user process {pid} is still alive: {}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn shared_cache(name: &str) -> PathBuf {
@@ -434,11 +450,7 @@ fn daemon_runs_tasks_from_git_with_diffs_caches_failures_and_aborts() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = read_pid(&pid_file);
     env.server
         .call(
             "tasks.stop",
@@ -736,11 +748,7 @@ fn an_abort_while_the_agent_is_down_is_honoured_after_restart() {
         "tick 3",
         libc::SIGKILL,
     );
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = read_pid(&pid_file);
     let mut stop = Command::new(venv().join("bin/python"));
     stop.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/stop.py"))
         .arg(&id)
@@ -759,16 +767,7 @@ fn an_abort_while_the_agent_is_down_is_honoured_after_restart() {
         "{}",
         second.tail()
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let gone =
-        || std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z"));
-    while !gone() {
-        assert!(
-            Instant::now() < deadline,
-            "the user process {pid} is still alive"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_gone(pid, &String::new);
 }
 
 /// The server goes away for 20 s in the middle of a run: output piles up in the run's file and is
@@ -1099,26 +1098,12 @@ fn a_task_deleted_while_the_agent_is_down_is_closed_locally() {
         "tick 3",
         libc::SIGKILL,
     );
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = read_pid(&pid_file);
     env.server
         .call("tasks.delete", json!({"task": id, "force": true}))
         .ok();
     let mut second = env.daemon("agent-a");
-    let gone =
-        || std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z"));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !gone() {
-        assert!(
-            Instant::now() < deadline,
-            "the user process {pid} of a deleted task is still alive: {}",
-            second.tail()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_gone(pid, &|| second.tail());
     let journal = env.root.join("agent-a-journal");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

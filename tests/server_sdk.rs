@@ -12,15 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn venv() -> PathBuf {
-    let venv = std::env::var_os("CLEARML_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyvenv"));
-    assert!(
-        venv.join("bin/clearml-agent").exists(),
-        "the Python test venv is missing at {}: run scripts/python-venv.sh (scripts/test.sh does)",
-        venv.display()
-    );
-    venv
+    common::python_venv()
 }
 
 fn script(name: &str) -> PathBuf {

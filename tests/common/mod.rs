@@ -6,6 +6,19 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
+/// The pinned Python clients' venv (`scripts/python-venv.sh`; `CLEARML_TEST_VENV` overrides).
+pub fn python_venv() -> std::path::PathBuf {
+    let venv = std::env::var_os("CLEARML_TEST_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyvenv"));
+    assert!(
+        venv.join("bin/clearml-agent").exists(),
+        "the Python test venv is missing at {}: run scripts/python-venv.sh (scripts/test.sh does)",
+        venv.display()
+    );
+    venv
+}
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_clearml-agent")
 }
