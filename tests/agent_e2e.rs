@@ -799,6 +799,22 @@ fn a_server_outage_mid_run_loses_nothing() {
     assert_eq!(lines, expected, "every line, in order, none lost");
 }
 
+fn wait_for_failpoint(log: &Path, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .contains("FAILPOINT")
+        {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The crash harness over the real pipeline: for every journal record S of a run, the agent is
 /// stopped dead right after appending S (`CLEARML_AGENT_FAILPOINTS=after-seq:S`), killed with -9,
 /// and restarted. Each time the task must end `completed` with exactly one terminal status call
@@ -826,7 +842,7 @@ fn kill_9_after_every_journal_record_converges_to_one_completion() {
             &[("CLEARML_AGENT_FAILPOINTS", failpoint.as_str())],
         );
         let deadline = Instant::now() + Duration::from_secs(300);
-        let mut hit = false;
+        let hit;
         loop {
             if std::fs::read_to_string(&first.log)
                 .unwrap_or_default()
@@ -836,6 +852,9 @@ fn kill_9_after_every_journal_record_converges_to_one_completion() {
                 break;
             }
             if env.server.task(&id)["status"] == "completed" {
+                // A point right after the terminal call (or after its record) fires just after
+                // the server sets the status: give the agent a moment to print it.
+                hit = wait_for_failpoint(&first.log, Duration::from_secs(5));
                 break;
             }
             assert!(
