@@ -109,6 +109,10 @@ struct SuperviseArgs {
     /// The run's directory (output.log, exit, pid files).
     #[arg(long)]
     run_dir: PathBuf,
+    /// Most bytes of output that may wait unshipped in output.log; beyond it output is dropped
+    /// and a marker line says how much.
+    #[arg(long, default_value_t = u64::MAX)]
+    max_unshipped: u64,
     /// The user command.
     #[arg(last = true, required = true)]
     argv: Vec<String>,
@@ -261,6 +265,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Supervise(args) => Ok(clearml_agent::effects::supervisor::supervise(
             &args.run_dir,
             &args.argv,
+            args.max_unshipped,
         )),
     }
 }

@@ -100,6 +100,11 @@ fn make_repo(root: &Path) -> (PathBuf, String, String) {
         "import os, time\nwith open(os.environ['MARKER_FILE'], 'a') as f:\n    f.write(os.environ['CLEARML_TASK_ID'] + ' ' + str(os.getpid()) + '\\n')\nfor i in range(20):\n    print('line %02d' % i, flush=True)\n    time.sleep(0.05)\n",
     )
     .unwrap();
+    std::fs::write(
+        repo.join("burst.py"),
+        "import os, sys, time\nflag = os.environ['BURST_FLAG']\ndef wait(p):\n    while not os.path.exists(p):\n        time.sleep(0.05)\nprint('waiting', flush=True)\nwait(flag)\nfor i in range(5000):\n    print('burst %05d %s' % (i, 'x' * 40))\nsys.stdout.flush()\nopen(flag + '.done', 'w').close()\nwait(flag + '.back')\nfor i in range(20):\n    print('after %02d' % i, flush=True)\n",
+    )
+    .unwrap();
     git(&repo, &["add", "."]);
     git(&repo, &["commit", "-qm", "one"]);
     let first = git(&repo, &["rev-parse", "HEAD"]);
@@ -138,7 +143,8 @@ impl Env {
             .env("PIP_CACHE_DIR", shared_cache("pip-cache"))
             .env("UV_CACHE_DIR", shared_cache("uv-cache"))
             .env("MARKER_FILE", self.root.join("markers.txt"))
-            .env("PID_FILE", self.root.join("sleeper.pid"));
+            .env("PID_FILE", self.root.join("sleeper.pid"))
+            .env("BURST_FLAG", self.root.join("burst.flag"));
     }
 
     fn make_task(&self, spec: Value) -> String {
@@ -227,14 +233,23 @@ impl Env {
     ) -> (String, std::process::ExitStatus, String) {
         let id = self.make_task(json!({"project": "e2e", "name": name, "repo": format!("file://{}", repo.display()), "script": script, "packages": ["six"], "queue": "default"}));
         let mut first = self.daemon("agent-a");
-        let deadline = Instant::now() + Duration::from_secs(300);
-        while !self.console(&id).contains(marker) {
-            assert!(Instant::now() < deadline, "never started: {}", first.tail());
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.wait_console(&id, marker, &first);
         unsafe { libc::kill(first.child.get_mut().id() as i32, signal) };
         let status = first.child.get_mut().wait().unwrap();
         (id, status, first.tail())
+    }
+
+    /// Waits until the task's console shows `needle` (the task has started and got that far).
+    fn wait_console(&self, id: &str, needle: &str, daemon: &Daemon) {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while !self.console(id).contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "never started: {}",
+                daemon.tail()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn wait_final(&self, id: &str, daemon: &Daemon) -> Value {
@@ -254,6 +269,23 @@ impl Env {
             );
             std::thread::sleep(Duration::from_millis(300));
         }
+    }
+
+    /// `journal inspect --json` of agent-a's journal: every run, or one task's runs.
+    fn inspect(&self, task: Option<&str>) -> Value {
+        let out = Command::new(common::bin())
+            .args(["journal", "inspect", "--json", "--journal-dir"])
+            .arg(self.root.join("agent-a-journal"))
+            .args(task)
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "journal inspect: {e}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
     }
 
     fn console(&self, id: &str) -> String {
@@ -638,6 +670,8 @@ fn survive_agent_death(signal: i32) {
     let pid_file = env.root.join("sleeper.pid");
     let (id, status, first_tail) =
         env.run_until_then_kill(&repo, "long", "long.py", "tick 005", signal);
+    // The journal records which agent process holds it.
+    let first_pid = std::fs::read_to_string(env.root.join("agent-a-journal/agent.pid")).unwrap();
     if signal == libc::SIGTERM {
         assert!(status.success(), "SIGTERM exits 0: {status}\n{first_tail}");
     }
@@ -665,16 +699,29 @@ fn survive_agent_death(signal: i32) {
     }
     let expected: Vec<String> = (0..60).map(|i| format!("tick {i:03}")).collect();
     assert_eq!(seen, expected, "every line, in order");
-    let runs = Command::new(common::bin())
-        .args(["journal", "inspect", "--json", "--journal-dir"])
-        .arg(env.root.join("agent-a-journal"))
-        .output()
-        .unwrap();
-    let runs: Value = serde_json::from_slice(&runs.stdout).unwrap();
+    let runs = env.inspect(None);
     assert_eq!(
         runs.as_array().map(|r| r.len()),
         Some(1),
         "one run, resumed: {runs}"
+    );
+    assert_eq!(runs[0]["resumes"], 1, "{runs}");
+    // The timeline names the attempt, the epochs and why the run was resumed.
+    let timeline = env.inspect(Some(&id));
+    let text = timeline.to_string();
+    let why = if signal == libc::SIGKILL {
+        "died without a clean shutdown (crash or kill -9)"
+    } else {
+        "stopped cleanly (SIGTERM or SIGINT)"
+    };
+    assert!(
+        text.contains(&format!("agent epoch 1 (pid {}", first_pid)) && text.contains(why),
+        "{text}"
+    );
+    assert!(text.contains("epoch 2"), "{text}");
+    assert!(
+        timeline[0]["progress"]["log_offset_shipped"].as_u64() > Some(0),
+        "the shipped offset is in the journal's progress key: {text}"
     );
 }
 
@@ -778,15 +825,7 @@ fn a_server_outage_mid_run_loses_nothing() {
     let (repo, _, _) = make_repo(&env.root);
     let id = env.make_task(json!({"project": "e2e", "name": "outage", "repo": format!("file://{}", repo.display()), "script": "slow.py", "packages": ["six"], "queue": "default"}));
     let daemon = env.daemon("agent-a");
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while !env.console(&id).contains("slow 003") {
-        assert!(
-            Instant::now() < deadline,
-            "never started: {}",
-            daemon.tail()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    env.wait_console(&id, "slow 003", &daemon);
     env.server.stop();
     std::thread::sleep(Duration::from_secs(20));
     env.server.restart();
@@ -969,11 +1008,7 @@ fn a_preemption_notice_requeues_the_task_for_another_daemon() {
             ("CLEARML_AGENT__AGENT__PREEMPTION__POLL_INTERVAL_SEC", "1"),
         ],
     );
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while !env.console(&id).contains("slow 003") {
-        assert!(Instant::now() < deadline, "never started: {}", a.tail());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    env.wait_console(&id, "slow 003", &a);
     notice.store(true, std::sync::atomic::Ordering::SeqCst);
     let noticed = Instant::now();
     while env.server.task(&id)["status"] != "queued" {
@@ -1141,4 +1176,187 @@ fn a_task_deleted_while_the_agent_is_down_is_closed_locally() {
         second = env.daemon("agent-a");
         std::thread::sleep(Duration::from_secs(2));
     }
+}
+
+/// Restarts agent-a after a kill and waits until its journal shows `needle`; returns the
+/// journal's JSON text.
+fn wait_journal(env: &Env, daemon: &Daemon, task: &str, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = env.inspect(Some(task)).to_string();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the journal never showed {needle:?}: {text}\n{}",
+            daemon.tail()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Lines of the server's access log that set a terminal status on `task`.
+fn terminal_calls(env: &Env, task: &str) -> usize {
+    env.server
+        .log()
+        .lines()
+        .filter(|l| {
+            l.contains(&format!("task={task} ->"))
+                && ["tasks.completed", "tasks.failed", "tasks.stopped"]
+                    .iter()
+                    .any(|e| l.contains(e))
+        })
+        .count()
+}
+
+/// Kills agent-a during a sleeper run, lets `meanwhile` change the task on the server, restarts
+/// agent-a and waits until its journal closes the run as aborted by `why`: the user process is
+/// gone, the run never completed, and agent-a sent no terminal status. Returns the task id.
+fn closed_while_down(env: &Env, name: &str, meanwhile: impl Fn(&str), why: &str) -> String {
+    let (repo, _, _) = make_repo(&env.root);
+    let (id, _, _) = env.run_until_then_kill(&repo, name, "sleeper.py", "tick 3", libc::SIGKILL);
+    let pid = read_pid(&env.root.join("sleeper.pid"));
+    meanwhile(&id);
+    let mut second = env.daemon("agent-a");
+    wait_gone(pid, &|| second.tail());
+    let text = wait_journal(env, &second, &id, &format!("aborted by {why}"));
+    assert!(!text.contains("completed"), "{text}");
+    second.stop();
+    assert_eq!(terminal_calls(env, &id), 0, "agent-a set no status");
+    id
+}
+
+/// While agent-a is down another worker takes the task (it now reports it): the restarted
+/// agent stops its own copy of the process and closes the run locally, leaving the task's
+/// status to the other worker.
+#[test]
+fn a_task_taken_by_another_worker_while_down_is_left_to_it() {
+    let env = Env::new();
+    let take = |id: &str| {
+        env.server
+            .call("workers.register", json!({"worker": "agent-b:0"}))
+            .ok();
+        env.server
+            .call(
+                "workers.status_report",
+                json!({"worker": "agent-b:0", "timestamp": 1_700_000_000_000u64, "task": id}),
+            )
+            .ok();
+        assert_eq!(env.server.task(id)["last_worker"], "agent-b:0");
+    };
+    let why = "task taken by worker agent-b:0";
+    let id = closed_while_down(&env, "taken while down", take, why);
+    assert_eq!(
+        env.server.task(&id)["status"],
+        "in_progress",
+        "left to agent-b"
+    );
+}
+
+/// The task is reset while agent-a is down: the restarted agent closes the run at once (no
+/// "reset" polls), stops the process, and leaves the task `created`.
+#[test]
+fn a_task_reset_while_down_is_closed_locally() {
+    let env = Env::new();
+    let reset = |id: &str| {
+        env.server
+            .call("tasks.reset", json!({"task": id, "force": true}))
+            .ok();
+        assert_eq!(env.server.task(id)["status"], "created");
+    };
+    let why = "reset while the agent was down";
+    let id = closed_while_down(&env, "reset while down", reset, why);
+    assert_eq!(env.server.task(&id)["status"], "created");
+}
+
+/// The server is unreachable while the script prints far more than
+/// `agent.max_unshipped_output_mb`: the run's file stops growing at the cap, a marker line says
+/// how much was dropped, and everything before and after it arrives in order.
+#[test]
+fn output_past_the_cap_while_the_server_is_down_is_dropped_with_a_marker() {
+    let mut env = Env::new();
+    let (repo, _, _) = make_repo(&env.root);
+    let id = env.make_task(json!({"project": "e2e", "name": "burst", "repo": format!("file://{}", repo.display()), "script": "burst.py", "packages": ["six"], "queue": "default"}));
+    // 0.05 MiB: about 1,000 of the 5,000 burst lines fit.
+    let daemon = env.daemon_with(
+        "agent-a",
+        &[("CLEARML_AGENT__AGENT__MAX_UNSHIPPED_OUTPUT_MB", "0.05")],
+    );
+    env.wait_console(&id, "waiting", &daemon);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    env.server.stop();
+    let flag = env.root.join("burst.flag");
+    std::fs::write(&flag, "").unwrap();
+    while !flag.with_extension("flag.done").exists() {
+        assert!(Instant::now() < deadline, "no burst: {}", daemon.tail());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let proc_dir = std::fs::read_dir(env.root.join("agent-a-runs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("proc"))
+        .find(|p| p.exists())
+        .expect("a run dir");
+    let size = std::fs::metadata(proc_dir.join("output.log"))
+        .unwrap()
+        .len();
+    assert!(
+        size < 2 * 52_429 + 4096,
+        "the file stopped growing near the cap: {size} bytes"
+    );
+    env.server.restart();
+    // Once the kept output is shipped, the relay writes again.
+    loop {
+        let shipped: u64 = std::fs::read_to_string(proc_dir.join("shipped.offset"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        if shipped >= size {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never caught up: {}",
+            daemon.tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::write(flag.with_extension("flag.back"), "").unwrap();
+    let t = env.wait_final(&id, &daemon);
+    assert_eq!(t["status"], "completed", "{}", daemon.tail());
+    let console = env.console(&id);
+    let lines: Vec<&str> = console
+        .lines()
+        .filter(|l| {
+            l.starts_with("burst ") || l.starts_with("after ") || l.contains("dropped here")
+        })
+        .collect();
+    let marker = lines
+        .iter()
+        .position(|l| l.contains("dropped here"))
+        .unwrap_or_else(|| panic!("no truncation marker: {console}"));
+    assert!(
+        marker > 500 && marker < 2000,
+        "about the cap's worth kept: {marker}: {:?}",
+        &lines[marker.saturating_sub(3)..(marker + 3).min(lines.len())]
+    );
+    let kept: Vec<String> = (0..marker)
+        .map(|i| format!("burst {i:05} {}", "x".repeat(40)))
+        .collect();
+    assert_eq!(lines[..marker], kept, "the head of the burst, in order");
+    let dropped: u64 = lines[marker]
+        .trim_start_matches("[clearml-agent: ")
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        dropped,
+        (5000 - marker as u64) * 53,
+        "the marker counts the dropped bytes"
+    );
+    let after: Vec<String> = (0..20).map(|i| format!("after {i:02}")).collect();
+    assert_eq!(lines[marker + 1..], after, "everything after the outage");
 }

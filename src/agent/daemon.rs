@@ -270,9 +270,12 @@ fn open_runner(
     )?;
     let exe = std::env::current_exe()?;
     let mut effects = RealEffects::new(settings.clone(), api.clone(), worker_id.to_string(), exe);
-    let (api2, worker) = (api, worker_id.to_string());
-    effects.on_shutdown = Box::new(move || {
+    let (api2, worker, marks) = (api, worker_id.to_string(), journal.clone());
+    effects.on_shutdown = Box::new(move |why| {
         // The user process stays under its supervisor; the next start re-attaches to it.
+        if let Err(e) = marks.record_shutdown(why) {
+            eprintln!("clearml-agent: recording the shutdown in the journal: {e}");
+        }
         let _ = api2.call("workers.unregister", &json!({"worker": worker}));
         eprintln!("clearml-agent: shutting down; the running task stays under its supervisor and is resumed on the next start");
         std::process::exit(0);
@@ -317,15 +320,34 @@ fn drive_to_end(
     }
 }
 
-/// Pulls one task's document and runs it through the journaled pipeline.
+/// Pulls one task's document and runs it through the journaled pipeline. `announce` runs once
+/// the task is ours (journaled and marked started).
 fn run_task(
     runner: &mut Runner<RealEffects>,
     api: &ApiClient,
     worker: &str,
     task_id: &str,
     queue: Option<&str>,
+    announce: &mut dyn FnMut(),
 ) -> anyhow::Result<crate::fsm::RunState> {
     let task = api.call("v2.5/tasks.get_by_id", &json!({"task": task_id}))?["task"].clone();
+    // Journal first: from here on a crash leaves a run to resume (the resume check re-claims a
+    // task still marked queued), never a started task that no agent knows about.
+    let run = runner.start(snapshot_of(&task, queue))?;
+    if let Err(e) = api.call(
+        "v2.5/tasks.started",
+        &json!({"task": task_id, "force": true, "status_message": "pulled by agent"}),
+    ) {
+        eprintln!("clearml-agent: task {task_id} could not be started: {e}");
+        runner.request_stop(
+            &run,
+            crate::fsm::StopRequest::Abort {
+                by: format!("could not be started: {e}"),
+            },
+        )?;
+        return drive_to_end(runner, &run);
+    }
+    announce();
     // Runtime bookkeeping the UI shows, as the Python agent writes it.
     let mut runtime = task["runtime"].as_object().cloned().unwrap_or_default();
     runtime.insert(
@@ -336,12 +358,6 @@ fn run_task(
         "tasks.edit",
         &json!({"task": task_id, "force": true, "runtime": runtime}),
     );
-    api.call(
-        "v2.5/tasks.started",
-        &json!({"task": task_id, "force": true, "status_message": "launch by agent"}),
-    )?;
-    let snapshot = snapshot_of(&task, queue);
-    let run = runner.start(snapshot)?;
     let _ = agent_line(
         api,
         task_id,
@@ -448,7 +464,8 @@ pub fn daemon(settings: AgentSettings, opts: DaemonOptions) -> anyhow::Result<i3
     );
     let mut runner = open_runner(&settings, api.clone(), &worker)?;
     // Runs a previous life of this agent left unfinished come first.
-    for (run, result) in runner.resume_all("agent restart")? {
+    let reason = runner.journal().restart_reason()?;
+    for (run, result) in runner.resume_all(&reason)? {
         match result {
             Ok(Driven::Terminal(state)) => {
                 eprintln!("clearml-agent: resumed run {run}: {}", state.status_label())
@@ -489,28 +506,30 @@ pub fn daemon(settings: AgentSettings, opts: DaemonOptions) -> anyhow::Result<i3
                 continue;
             };
             pulled = true;
-            if let Err(e) = api.call(
-                "v2.5/tasks.started",
-                &json!({"task": task_id, "force": true, "status_message": "pulled by agent"}),
-            ) {
-                eprintln!("clearml-agent: task {task_id} could not be started, skipped: {e}");
-                continue;
-            }
-            reporter.set(Some((task_id.clone(), qid.clone())));
-            // Report at once (as upstream): the server needs `last_worker` to route a UI abort
-            // to us ("stopping") instead of stopping the task itself.
-            let _ = api.call(
-                "workers.status_report",
-                &json!({"worker": worker, "timestamp": crate::host::now_ms() / 1000 * 1000, "task": task_id, "queue": qid, "queues": ids}),
-            );
-            let _ = agent_line(
+            let mut announce = || {
+                reporter.set(Some((task_id.clone(), qid.clone())));
+                // Report at once (as upstream): the server needs `last_worker` to route a UI
+                // abort to us ("stopping") instead of stopping the task itself.
+                let _ = api.call(
+                    "workers.status_report",
+                    &json!({"worker": worker, "timestamp": crate::host::now_ms() / 1000 * 1000, "task": task_id, "queue": qid, "queues": ids}),
+                );
+                let _ = agent_line(
+                    &api,
+                    &task_id,
+                    &worker,
+                    "INFO",
+                    &format!("task {task_id} pulled from {qid} by worker {worker}\n"),
+                );
+            };
+            match run_task(
+                &mut runner,
                 &api,
-                &task_id,
                 &worker,
-                "INFO",
-                &format!("task {task_id} pulled from {qid} by worker {worker}\n"),
-            );
-            match run_task(&mut runner, &api, &worker, &task_id, Some(qid)) {
+                &task_id,
+                Some(qid),
+                &mut announce,
+            ) {
                 Ok(state) => eprintln!("clearml-agent: task {task_id}: {}", state.status_label()),
                 Err(e) => {
                     eprintln!("clearml-agent: task {task_id}: {e:#}");
@@ -530,6 +549,7 @@ pub fn daemon(settings: AgentSettings, opts: DaemonOptions) -> anyhow::Result<i3
             }
         }
     }
+    let _ = runner.journal().record_shutdown("daemon exited");
     let _ = api.call(
         "workers.unregister",
         &json!({"worker": worker, "queues": ids}),
@@ -568,7 +588,23 @@ pub fn execute(settings: AgentSettings, task: &str, clone: bool) -> anyhow::Resu
     );
     api.call("v2.5/tasks.started", &json!({"task": task_id, "force": true, "status_reason": "worker started execution", "status_message": format!("Changed by clearml-agent {worker}")}))?;
     let mut runner = open_runner(&settings, api.clone(), &worker)?;
-    let state = run_task(&mut runner, &api, &worker, &task_id, None)?;
+    // A run of this task an earlier `execute` left unfinished is resumed, not started again.
+    let unfinished = runner.journal().find_runs(&task_id)?.into_iter().find(|m| {
+        runner
+            .journal()
+            .load_run(&m.run_id)
+            .is_ok_and(|l| !l.state.is_terminal())
+    });
+    let state = match unfinished {
+        Some(meta) => {
+            let reason = runner.journal().restart_reason()?;
+            eprintln!("clearml-agent execute: resuming run {}", meta.run_id);
+            runner.resume(&meta.run_id, &reason)?;
+            drive_to_end(&mut runner, &meta.run_id)?
+        }
+        None => run_task(&mut runner, &api, &worker, &task_id, None, &mut || {})?,
+    };
+    let _ = runner.journal().record_shutdown("execute finished");
     eprintln!(
         "clearml-agent execute: task {task_id}: {}",
         state.status_label()

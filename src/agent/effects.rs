@@ -12,7 +12,7 @@ use super::logship::{agent_line, LogShipper};
 use super::settings::{AgentSettings, LostProcess, PackageManager};
 use crate::api::{ApiClient, ApiError};
 use crate::effects::supervisor::{self, Launched};
-use crate::effects::{vcs, venv, EffectFailure, EffectHandler, Reconciled};
+use crate::effects::{vcs, venv, EffectFailure, EffectHandler, ProgressStore, Reconciled};
 use crate::fsm::{
     Command, CommandKind, EffectResult, EnvFacts, Outcome, ProcessFacts, RunState, SourceFacts,
     StopRequest,
@@ -40,7 +40,8 @@ pub struct RealEffects {
     pub agent_exe: PathBuf,
     /// Called when a shutdown is requested while a user process runs: the daemon unregisters and
     /// exits, leaving the run (intent journaled, no result) to be re-attached on the next start.
-    pub on_shutdown: Box<dyn Fn() + Send>,
+    /// The argument says why (recorded in the journal for the next start's resume reason).
+    pub on_shutdown: Box<dyn Fn(&str) + Send>,
     pending_stop: Option<StopRequest>,
 }
 
@@ -63,7 +64,7 @@ impl RealEffects {
             api,
             worker_id,
             agent_exe,
-            on_shutdown: Box::new(|| {}),
+            on_shutdown: Box::new(|_| {}),
             pending_stop: None,
         }
     }
@@ -336,8 +337,15 @@ impl RealEffects {
             "INFO",
             &format!("Starting Task Execution: {}", argv.join(" ")),
         );
-        let launched = supervisor::launch(&self.agent_exe, &dirs.proc, &argv, &working_dir, &envs)
-            .map_err(|e| EffectFailure::fatal(e.to_string()))?;
+        let launched = supervisor::launch(
+            &self.agent_exe,
+            &dirs.proc,
+            &argv,
+            &working_dir,
+            &envs,
+            self.settings.max_unshipped_output_bytes,
+        )
+        .map_err(|e| EffectFailure::fatal(e.to_string()))?;
         Ok(EffectResult::Launched(ProcessFacts {
             pid: launched.pid,
             start_time: launched.start_time,
@@ -347,7 +355,11 @@ impl RealEffects {
 
     /// Waits for the user process while shipping its output, pinging the task and watching for
     /// a stop request; survives agent restarts because it only reads the supervisor's files.
-    fn wait(&mut self, state: &RunState) -> Result<EffectResult, EffectFailure> {
+    fn wait(
+        &mut self,
+        state: &RunState,
+        progress: &mut dyn ProgressStore,
+    ) -> Result<EffectResult, EffectFailure> {
         let facts = state
             .process
             .clone()
@@ -357,16 +369,16 @@ impl RealEffects {
             pid: facts.pid,
             start_time: facts.start_time,
         };
-        let offset_file = run_dir.join("shipped.offset");
-        let offset = std::fs::read_to_string(&offset_file)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0);
+        // Shipping goes on from what the server acknowledged before (the journal's progress key).
+        let mut shipped = Shipped {
+            run_dir: &run_dir,
+            store: progress,
+        };
         let mut shipper = LogShipper::new(
             supervisor::output_path(&run_dir),
             &state.task_id,
             &self.worker_id,
-            offset,
+            shipped.store.load().log_offset_shipped,
         );
         let secs = Duration::from_secs_f64;
         let (flush_every, poll_every, ping_every) = (
@@ -376,10 +388,17 @@ impl RealEffects {
         );
         let (mut last_flush, mut last_poll, mut last_ping) =
             (Instant::now(), Instant::now(), Instant::now());
+        if state.stop.is_some() {
+            // A stop is already on record (found by the resume check): no need to wait for it.
+            supervisor::terminate(&run_dir, &launched, secs(self.settings.stop_grace_s));
+            self.ship(&mut shipper, &mut shipped, true);
+            let code = supervisor::exit_code(&run_dir).unwrap_or(-9);
+            return Ok(EffectResult::Exited { code });
+        }
         let mut created_polls = 0;
         loop {
             if let Some(code) = supervisor::exit_code(&run_dir) {
-                self.ship(&mut shipper, &offset_file, true);
+                self.ship(&mut shipper, &mut shipped, true);
                 return Ok(EffectResult::Exited { code });
             }
             if !supervisor::is_alive(launched.pid, launched.start_time)
@@ -387,7 +406,7 @@ impl RealEffects {
             {
                 // The supervisor died without an exit status: the machine (or its process
                 // tree) went down under us. Never report that as completed.
-                self.ship(&mut shipper, &offset_file, true);
+                self.ship(&mut shipper, &mut shipped, true);
                 return match self.settings.on_lost_process {
                     LostProcess::Requeue => {
                         self.pending_stop = Some(StopRequest::Requeue {
@@ -410,12 +429,12 @@ impl RealEffects {
                 if !self.settings.requeue_on_preemption {
                     // Leave the process to its supervisor; the run resumes on this disk.
                     supervisor::signal_group(&launched, self.settings.preemption_signal);
-                    self.ship(&mut shipper, &offset_file, false);
-                    (self.on_shutdown)();
+                    self.ship(&mut shipper, &mut shipped, false);
+                    (self.on_shutdown)(&format!("preemption notice: {notice}"));
                 }
                 supervisor::signal_group(&launched, self.settings.preemption_signal);
                 supervisor::terminate(&run_dir, &launched, secs(self.settings.stop_grace_s));
-                self.ship(&mut shipper, &offset_file, true);
+                self.ship(&mut shipper, &mut shipped, true);
                 self.pending_stop = Some(StopRequest::Requeue {
                     why: format!("preempted: {notice}"),
                 });
@@ -423,8 +442,8 @@ impl RealEffects {
                 return Ok(EffectResult::Exited { code });
             }
             if SHUTDOWN.load(Ordering::SeqCst) {
-                self.ship(&mut shipper, &offset_file, false);
-                (self.on_shutdown)();
+                self.ship(&mut shipper, &mut shipped, false);
+                (self.on_shutdown)("SIGTERM or SIGINT");
             }
             if ABORT_ALL.load(Ordering::SeqCst) {
                 self.say(
@@ -433,7 +452,7 @@ impl RealEffects {
                     "The agent is being stopped (clearml-agent daemon --stop): aborting the task",
                 );
                 supervisor::terminate(&run_dir, &launched, secs(self.settings.stop_grace_s));
-                self.ship(&mut shipper, &offset_file, true);
+                self.ship(&mut shipper, &mut shipped, true);
                 self.pending_stop = Some(StopRequest::Abort {
                     by: AGENT_SHUTDOWN.into(),
                 });
@@ -441,7 +460,7 @@ impl RealEffects {
                 return Ok(EffectResult::Exited { code });
             }
             if last_flush.elapsed() >= flush_every {
-                self.ship(&mut shipper, &offset_file, false);
+                self.ship(&mut shipper, &mut shipped, false);
                 last_flush = Instant::now();
                 if shipper.offset() > 0 {
                     crate::failpoint::hit("mid-run");
@@ -460,7 +479,7 @@ impl RealEffects {
                         &format!("User aborted: stopping task ({stop})"),
                     );
                     supervisor::terminate(&run_dir, &launched, secs(self.settings.stop_grace_s));
-                    self.ship(&mut shipper, &offset_file, true);
+                    self.ship(&mut shipper, &mut shipped, true);
                     self.pending_stop = Some(StopRequest::Abort { by: stop });
                     let code = supervisor::exit_code(&run_dir).unwrap_or(-9);
                     return Ok(EffectResult::Exited { code });
@@ -470,33 +489,47 @@ impl RealEffects {
         }
     }
 
-    fn ship(&self, shipper: &mut LogShipper, offset_file: &Path, flush: bool) {
+    fn ship(&self, shipper: &mut LogShipper, shipped: &mut Shipped, flush: bool) {
         // A failed send keeps the offset: the same bytes go again next time.
         if shipper.ship(&self.api, flush).is_ok() {
-            let _ = std::fs::write(offset_file, shipper.offset().to_string());
+            shipped.record(shipper.offset());
         }
+    }
+
+    /// The task as the server sees it now; `None` when it no longer exists.
+    fn server_view(&self, task: &str) -> Result<Option<TaskView>, ApiError> {
+        let data = self.api.call(
+            "v2.14/tasks.get_all",
+            &json!({"id": [task], "only_fields": ["status", "status_message", "last_worker"], "search_hidden": true}),
+        )?;
+        let text = |t: &Value, k: &str| t[k].as_str().unwrap_or("").to_string();
+        Ok(data["tasks"]
+            .as_array()
+            .and_then(|t| t.first())
+            .map(|t| TaskView {
+                status: text(t, "status"),
+                message: text(t, "status_message"),
+                last_worker: text(t, "last_worker"),
+            }))
+    }
+
+    /// Another worker runs the task now (it was requeued and pulled elsewhere).
+    fn taken_by_other<'v>(&self, view: &'v TaskView) -> Option<&'v str> {
+        (view.status == "in_progress"
+            && !view.last_worker.is_empty()
+            && view.last_worker != self.worker_id)
+            .then_some(view.last_worker.as_str())
     }
 
     /// Why the task must stop, if it must (the Python agent's `TaskStopSignal`).
     fn stop_reason(&self, state: &RunState, created_polls: &mut u32) -> Option<String> {
-        let answer = self.api.call(
-            "v2.14/tasks.get_all",
-            &json!({"id": [state.task_id], "only_fields": ["status", "status_message", "last_worker"], "search_hidden": true}),
-        );
-        let data = answer.ok()?;
-        let Some(task) = data["tasks"].as_array().and_then(|t| t.first()) else {
+        let Some(task) = self.server_view(&state.task_id).ok()? else {
             return Some("task not found".into());
         };
-        let status = task["status"].as_str().unwrap_or("");
-        let message = task["status_message"].as_str().unwrap_or("");
-        if let Some(other) = task["last_worker"]
-            .as_str()
-            .filter(|w| !w.is_empty() && *w != self.worker_id)
-        {
-            if status == "in_progress" {
-                return Some(format!("task taken by worker {other}"));
-            }
+        if let Some(other) = self.taken_by_other(&task) {
+            return Some(format!("task taken by worker {other}"));
         }
+        let (status, message) = (task.status.as_str(), task.message.as_str());
         match status {
             "in_progress" if message.contains("stopping") => Some("stopped".into()),
             "stopped" | "closed" | "failed" | "published" | "queued" | "completed" => {
@@ -536,16 +569,51 @@ impl RealEffects {
         })
     }
 
-    fn current_status(&self, task: &str) -> Result<Option<String>, ApiError> {
-        let data = self.api.call(
-            "v2.14/tasks.get_all",
-            &json!({"id": [task], "only_fields": ["status"], "search_hidden": true}),
-        )?;
-        Ok(data["tasks"]
-            .as_array()
-            .and_then(|t| t.first())
-            .and_then(|t| t["status"].as_str())
-            .map(str::to_string))
+    /// Whether `task` waits in the queue it was pulled from (someone enqueued it again).
+    fn waits_in_queue(&self, state: &RunState) -> bool {
+        let Some(queue) = &state.snapshot.queue else {
+            return false;
+        };
+        self.api
+            .call("queues.get_by_id", &json!({"queue": queue}))
+            .map(|d| {
+                d["queue"]["entries"].as_array().is_some_and(|e| {
+                    e.iter()
+                        .any(|e| e["task"].as_str() == Some(state.task_id.as_str()))
+                })
+            })
+            .unwrap_or(false)
+    }
+
+    /// The resume check: whether the task moved on while no agent watched this run.
+    fn moved_on(&self, state: &RunState) -> Option<String> {
+        let view = match self.server_view(&state.task_id) {
+            Ok(Some(v)) => v,
+            Ok(None) => return Some("task not found".into()),
+            // Unreachable now: the run goes on and the running checks catch up later.
+            Err(_) => return None,
+        };
+        if let Some(other) = self.taken_by_other(&view) {
+            return Some(format!("task taken by worker {other}"));
+        }
+        match view.status.as_str() {
+            "in_progress" if view.message.contains("stopping") => Some("stopped".into()),
+            "in_progress" => None,
+            "created" => Some("reset while the agent was down".into()),
+            // Pulled but not yet marked started when the agent died: still ours unless it was
+            // put back in its queue meanwhile.
+            "queued" if !self.waits_in_queue(state) => {
+                let _ = self.api.call(
+                    "v2.5/tasks.started",
+                    &json!({"task": state.task_id, "force": true, "status_message": "launch by agent"}),
+                );
+                None
+            }
+            "queued" => Some("enqueued again while the agent was down".into()),
+            other => Some(format!(
+                "status changed to {other} while the agent was down"
+            )),
+        }
     }
 
     fn report(
@@ -585,7 +653,7 @@ impl RealEffects {
                 );
             }
         }
-        let status = self.current_status(task).map_err(fail)?;
+        let view = self.server_view(task).map_err(fail)?;
         let (endpoint, reason, line) = match outcome {
             Outcome::Completed => (
                 "tasks.completed",
@@ -615,9 +683,11 @@ impl RealEffects {
         };
         self.say(state, "DEBUG", &line);
         // Someone else (the user, the SDK) may have set the final status already: never override it.
-        // Only a task still running (as far as the server knows) is ours to finish.
-        if status.as_deref() != Some("in_progress") {
-            return Ok(EffectResult::Reported);
+        // Only a task still running (as far as the server knows), and not by another worker, is
+        // ours to finish.
+        match &view {
+            Some(v) if v.status == "in_progress" && self.taken_by_other(v).is_none() => {}
+            _ => return Ok(EffectResult::Reported),
         }
         let mut body = json!({"task": task, "status_reason": reason, "status_message": self.status_message(), "force": true});
         if let Outcome::Requeued { why } = outcome {
@@ -651,13 +721,18 @@ impl RealEffects {
 }
 
 impl EffectHandler for RealEffects {
-    fn perform(&mut self, state: &RunState, cmd: &Command) -> Result<EffectResult, EffectFailure> {
+    fn perform(
+        &mut self,
+        state: &RunState,
+        cmd: &Command,
+        progress: &mut dyn ProgressStore,
+    ) -> Result<EffectResult, EffectFailure> {
         match &cmd.kind {
             CommandKind::ResolveEnv => self.resolve_env(state),
             CommandKind::Clone => self.clone_source(state),
             CommandKind::ApplyPatch => self.apply_patch(state),
             CommandKind::Launch => self.launch(state),
-            CommandKind::Wait => self.wait(state),
+            CommandKind::Wait => self.wait(state, progress),
             CommandKind::Terminate => self.terminate(state),
             CommandKind::Report(outcome) => self.report(state, outcome),
         }
@@ -682,8 +757,10 @@ impl EffectHandler for RealEffects {
                 })),
                 None => Reconciled::Redo,
             },
-            CommandKind::Report(_) => match self.current_status(&state.task_id) {
-                Ok(Some(s)) if !matches!(s.as_str(), "in_progress" | "queued" | "created") => {
+            CommandKind::Report(_) => match self.server_view(&state.task_id) {
+                Ok(Some(v))
+                    if !matches!(v.status.as_str(), "in_progress" | "queued" | "created") =>
+                {
                     Reconciled::Done(EffectResult::Reported)
                 }
                 _ => Reconciled::Redo,
@@ -691,6 +768,24 @@ impl EffectHandler for RealEffects {
             // Environment and checkout are rebuilt from their caches; waiting re-attaches.
             _ => Reconciled::Redo,
         }
+    }
+
+    fn check_on_resume(&mut self, state: &RunState) -> Option<StopRequest> {
+        let why = self.moved_on(state)?;
+        eprintln!(
+            "clearml-agent: task {} moved on while the agent was down ({why}): closing run {}",
+            state.task_id, state.run_id
+        );
+        Some(StopRequest::Abort { by: why })
+    }
+
+    fn clean_up(&mut self, state: &RunState) {
+        if !self.settings.clean_up_runs {
+            return;
+        }
+        let dirs = self.dirs(state);
+        let _ = std::fs::remove_dir_all(&dirs.venv);
+        let _ = std::fs::remove_dir_all(self.settings.runs_dir.join(&state.run_id));
     }
 
     fn poll_stop(&mut self, _state: &RunState) -> Option<StopRequest> {
@@ -702,6 +797,36 @@ impl EffectHandler for RealEffects {
             .then(|| StopRequest::Requeue {
                 why: format!("preempted: {}", super::preemption::notice()),
             })
+    }
+}
+
+/// What the resume and stop checks read of a task.
+struct TaskView {
+    status: String,
+    message: String,
+    last_worker: String,
+}
+
+/// Where the acknowledged output offset is kept: the journal's progress key (what a resumed run
+/// continues from) and a hint file the supervisor reads to bound unshipped output.
+struct Shipped<'a> {
+    run_dir: &'a Path,
+    store: &'a mut dyn ProgressStore,
+}
+
+impl Shipped<'_> {
+    fn record(&mut self, offset: u64) {
+        let mut p = self.store.load();
+        if p.log_offset_shipped == offset {
+            return;
+        }
+        p.log_offset_shipped = offset;
+        p.last_heartbeat_ms = crate::host::now_ms();
+        if let Err(e) = self.store.save(p) {
+            // Not fatal: at worst the batches since the last saved offset are sent again.
+            eprintln!("clearml-agent: saving the shipped log offset: {e}");
+        }
+        supervisor::record_shipped(self.run_dir, offset);
     }
 }
 

@@ -113,6 +113,12 @@ pub struct AgentSettings {
     /// `agent.resume.on_preemption`: requeue the task at the front of its queue (default) or
     /// leave it to resume on the same disk.
     pub requeue_on_preemption: bool,
+    /// `agent.clean_up_runs` (default true): a finished run's checkout, venv and output file are
+    /// removed (the journal keeps its history).
+    pub clean_up_runs: bool,
+    /// `agent.max_unshipped_output_mb` (default 1024): how much of a run's output may wait in its
+    /// file while the server is unreachable; beyond it output is dropped, with a marker line.
+    pub max_unshipped_output_bytes: u64,
 }
 
 impl std::fmt::Debug for AgentSettings {
@@ -328,6 +334,10 @@ impl AgentSettings {
                 }
             },
             journal_flush: boolean(config, "agent.journal.flush", true)?,
+            clean_up_runs: boolean(config, "agent.clean_up_runs", true)?,
+            max_unshipped_output_bytes: (positive("agent.max_unshipped_output_mb", 1024.0)?
+                * 1024.0
+                * 1024.0) as u64,
             pid_file: path(
                 config,
                 "agent.pid_file",

@@ -11,6 +11,7 @@ pub mod vcs;
 pub mod venv;
 
 use crate::fsm::{Command, EffectResult, RunState, StopRequest};
+use crate::journal::Progress;
 
 /// Why an effect did not produce its result.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,9 +48,37 @@ pub enum Reconciled {
     Redo,
 }
 
+/// Heartbeat-like progress of a long effect (how much output the server acknowledged), kept by
+/// the runner in the journal's progress key: overwritten in place, never appended, and read
+/// back by a resumed effect to continue where the last life stopped.
+pub trait ProgressStore {
+    fn load(&self) -> Progress;
+    /// On disk when this returns.
+    fn save(&mut self, progress: Progress) -> Result<(), String>;
+}
+
+/// Progress kept nowhere, for effects run outside a journal.
+#[derive(Default)]
+pub struct NoProgress(pub Progress);
+
+impl ProgressStore for NoProgress {
+    fn load(&self) -> Progress {
+        self.0
+    }
+    fn save(&mut self, progress: Progress) -> Result<(), String> {
+        self.0 = progress;
+        Ok(())
+    }
+}
+
 pub trait EffectHandler {
     /// Do the effect for `cmd`. `state` is the run's state with `cmd` pending.
-    fn perform(&mut self, state: &RunState, cmd: &Command) -> Result<EffectResult, EffectFailure>;
+    fn perform(
+        &mut self,
+        state: &RunState,
+        cmd: &Command,
+        progress: &mut dyn ProgressStore,
+    ) -> Result<EffectResult, EffectFailure>;
 
     /// Find out whether the effect of an intent that has no result already happened.
     fn reconcile(&mut self, state: &RunState, cmd: &Command) -> Reconciled;
@@ -59,4 +88,14 @@ pub trait EffectHandler {
     fn poll_stop(&mut self, _state: &RunState) -> Option<StopRequest> {
         None
     }
+
+    /// Called when a run left unfinished by an earlier life is picked up again, before anything
+    /// else is done for it: whether the world moved on meanwhile (the task was stopped, reset,
+    /// deleted or taken by another worker), in which case the run is closed with that reason.
+    fn check_on_resume(&mut self, _state: &RunState) -> Option<StopRequest> {
+        None
+    }
+
+    /// Called once a run is terminal: remove what the run left behind (its checkout and venv).
+    fn clean_up(&mut self, _state: &RunState) {}
 }

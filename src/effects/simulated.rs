@@ -9,7 +9,7 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{EffectFailure, EffectHandler, Reconciled};
+use super::{EffectFailure, EffectHandler, ProgressStore, Reconciled};
 use crate::fsm::{
     Command, CommandKind, EffectResult, EnvFacts, ProcessFacts, RunState, SourceFacts, StopRequest,
 };
@@ -108,7 +108,12 @@ impl SimulatedEffects {
 }
 
 impl EffectHandler for SimulatedEffects {
-    fn perform(&mut self, state: &RunState, cmd: &Command) -> Result<EffectResult, EffectFailure> {
+    fn perform(
+        &mut self,
+        state: &RunState,
+        cmd: &Command,
+        _progress: &mut dyn ProgressStore,
+    ) -> Result<EffectResult, EffectFailure> {
         self.log(&format!("perform {}", cmd.key));
         if matches!(cmd.kind, CommandKind::Report(_)) && self.script.report_failures > 0 {
             self.script.report_failures -= 1;

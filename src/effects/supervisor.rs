@@ -1,12 +1,19 @@
 //! The per-run supervisor: the user process must outlive a crashed agent (DESIGN.md). The agent
 //! starts `clearml-agent supervise --run-dir D -- ARGV...` in a new session (so it leads its own
 //! process group and no terminal or agent death signals it); the supervisor starts the user
-//! process in that group with stdout and stderr appended to `D/output.log`, records both pids, waits,
-//! and writes the exit status to `D/exit` (atomically) before it exits itself. The agent only reads
-//! files: it can die, restart, and re-attach by pid plus process start time.
+//! process in that group with stdout and stderr on one pipe that it relays to `D/output.log`,
+//! records both pids, waits, and writes the exit status to `D/exit` (atomically) before it exits
+//! itself. The agent only reads files: it can die, restart, and re-attach by pid plus process
+//! start time.
+//!
+//! The relay bounds what waits unshipped (the server may be unreachable for hours): the agent
+//! writes the acknowledged offset to `D/shipped.offset`, and once more than `--max-unshipped`
+//! bytes are past it, output is dropped until shipping catches up (to half the cap), then one
+//! marker line says how many bytes were dropped.
 //!
 //! Files in the run directory: `supervisor.pid` (pid and start time), `child.pid`, `output.log`,
-//! `exit` (the exit code; a signal N is written as `-N`, as Python's `Popen.returncode` does).
+//! `shipped.offset`, `exit` (the exit code; a signal N is written as `-N`, as Python's
+//! `Popen.returncode` does).
 
 use std::io::Write;
 use std::os::unix::process::CommandExt;
@@ -32,6 +39,10 @@ pub const OUTPUT: &str = "output.log";
 const EXIT: &str = "exit";
 const SUPERVISOR_PID: &str = "supervisor.pid";
 const CHILD_PID: &str = "child.pid";
+const SHIPPED: &str = "shipped.offset";
+/// How long output still held open by the user's own background children is relayed after the
+/// user process exited.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 
 /// What identifies a started supervisor across agent restarts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +88,22 @@ fn write_atomic(dir: &Path, name: &str, text: &str) -> Result<(), SupervisorErro
     std::fs::rename(&tmp, dir.join(name)).map_err(io(dir))
 }
 
+/// Tells the supervisor how much of `output.log` the server has acknowledged. A hint: not synced,
+/// and a stale value only makes the cap bite early.
+pub fn record_shipped(run_dir: &Path, offset: u64) {
+    let tmp = run_dir.join(format!(".{SHIPPED}.tmp"));
+    if std::fs::write(&tmp, offset.to_string()).is_ok() {
+        let _ = std::fs::rename(&tmp, run_dir.join(SHIPPED));
+    }
+}
+
+fn shipped(run_dir: &Path) -> u64 {
+    std::fs::read_to_string(run_dir.join(SHIPPED))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Starts the supervisor for `argv` (run in `cwd` with `env` added) and waits until it has
 /// started the user process.
 pub fn launch(
@@ -85,12 +112,15 @@ pub fn launch(
     argv: &[String],
     cwd: &Path,
     env: &[(String, String)],
+    max_unshipped: u64,
 ) -> Result<Launched, SupervisorError> {
     std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
     let mut cmd = Command::new(agent_exe);
     cmd.arg("supervise")
         .arg("--run-dir")
         .arg(run_dir)
+        .arg("--max-unshipped")
+        .arg(max_unshipped.to_string())
         .arg("--")
         .args(argv);
     cmd.current_dir(cwd)
@@ -208,8 +238,106 @@ pub fn terminate(run_dir: &Path, launched: &Launched, grace: Duration) {
 
 extern "C" fn ignore_signal(_: libc::c_int) {}
 
+fn append(out: &mut std::fs::File, bytes: &[u8], written: &mut u64, ends_line: &mut bool) {
+    // A full disk or a removed file must not stop the relay: the user process would block.
+    if !bytes.is_empty() && out.write_all(bytes).is_ok() {
+        *written += bytes.len() as u64;
+        *ends_line = bytes.ends_with(b"\n");
+    }
+}
+
+/// The line that says how much output was dropped (on a line of its own).
+fn append_marker(
+    out: &mut std::fs::File,
+    dropped: u64,
+    cap: u64,
+    written: &mut u64,
+    ends_line: &mut bool,
+) {
+    let text = format!(
+        "{}[clearml-agent: {dropped} bytes of output dropped here: more than {cap} bytes were waiting for the server]\n",
+        if *ends_line { "" } else { "\n" }
+    );
+    append(out, text.as_bytes(), written, ends_line);
+}
+
+/// Copies the user process's output into `out` until the pipe closes, keeping at most `cap`
+/// bytes past the shipped offset (see the module docs). Returns the bytes dropped.
+pub fn relay(
+    mut from: impl std::io::Read,
+    out: &mut std::fs::File,
+    run_dir: &Path,
+    cap: u64,
+) -> u64 {
+    let mut written = out.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut acked = shipped(run_dir);
+    let mut dropping = false;
+    let mut dropped = 0u64;
+    let mut dropped_ends_line = true;
+    let mut total_dropped = 0u64;
+    let mut ends_line = true;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        let mut chunk = &buf[..n];
+        // While dropping, resume only at half the cap, so one slow server gives one marker.
+        let limit = if dropping { cap / 2 } else { cap };
+        let room = |acked: u64| limit.saturating_sub(written.saturating_sub(acked));
+        // One small file read per pipe read while over: a fast writer's output coalesces in
+        // the pipe meanwhile, so this stays cheap.
+        if n as u64 > room(acked) {
+            acked = shipped(run_dir);
+        }
+        let room = room(acked);
+        if dropping {
+            if n as u64 > room {
+                dropped += n as u64;
+                dropped_ends_line = chunk.ends_with(b"\n");
+                continue;
+            }
+            // Resume at a line start: the rest of a line cut by the drop goes too.
+            if !dropped_ends_line {
+                let Some(i) = chunk.iter().position(|&b| b == b'\n') else {
+                    dropped += n as u64;
+                    continue;
+                };
+                dropped += i as u64 + 1;
+                chunk = &chunk[i + 1..];
+            }
+            append_marker(out, dropped, cap, &mut written, &mut ends_line);
+            total_dropped += dropped;
+            (dropping, dropped) = (false, 0);
+            append(out, chunk, &mut written, &mut ends_line);
+            continue;
+        }
+        if n as u64 <= room {
+            append(out, chunk, &mut written, &mut ends_line);
+            continue;
+        }
+        // Over the cap: keep the whole lines that fit and drop from there on.
+        let keep = chunk[..room as usize]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        append(out, &chunk[..keep], &mut written, &mut ends_line);
+        dropping = true;
+        dropped = (n - keep) as u64;
+        dropped_ends_line = chunk.ends_with(b"\n");
+    }
+    if dropping {
+        append_marker(out, dropped, cap, &mut written, &mut ends_line);
+        total_dropped += dropped;
+    }
+    total_dropped
+}
+
 /// The `supervise` subcommand's body: runs in the new session started by [`launch`].
-pub fn supervise(run_dir: &Path, argv: &[String]) -> i32 {
+pub fn supervise(run_dir: &Path, argv: &[String], max_unshipped: u64) -> i32 {
     let record = |name: &str, text: String| {
         if let Err(e) = write_atomic(run_dir, name, &text) {
             eprintln!("clearml-agent supervise: {e}");
@@ -253,17 +381,47 @@ pub fn supervise(run_dir: &Path, argv: &[String]) -> i32 {
             record(EXIT, "127".into());
             return 127;
         }
-        (Some((program, args)), Ok(out)) => {
-            let err = out.try_clone();
+        (Some((program, args)), Ok(mut out)) => {
+            // One pipe for stdout and stderr keeps their lines in the order they were written.
+            let (reader, writer) = match std::io::pipe() {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("clearml-agent supervise: output pipe: {e}");
+                    record(EXIT, "127".into());
+                    return 127;
+                }
+            };
             let mut cmd = Command::new(program);
-            cmd.args(args).stdin(Stdio::null()).stdout(out);
-            if let Ok(err) = err {
-                cmd.stderr(err);
+            cmd.args(args).stdin(Stdio::null());
+            match writer.try_clone() {
+                Ok(err) => {
+                    cmd.stdout(writer).stderr(err);
+                }
+                Err(_) => {
+                    cmd.stdout(writer);
+                }
             }
-            match cmd.spawn() {
+            let spawned = cmd.spawn();
+            // Our copies of the write end must go, or the relay never sees the end of output.
+            drop(cmd);
+            let dir = run_dir.to_path_buf();
+            let (done_tx, done_rx) = std::sync::mpsc::channel();
+            let relay_out = out.try_clone();
+            std::thread::spawn(move || {
+                if let Ok(mut relay_out) = relay_out {
+                    relay(reader, &mut relay_out, &dir, max_unshipped);
+                }
+                let _ = done_tx.send(());
+            });
+            let drained = || {
+                let _ = done_rx.recv_timeout(DRAIN_AFTER_EXIT);
+            };
+            match spawned {
                 Ok(mut child) => {
                     record(CHILD_PID, child.id().to_string());
-                    match child.wait() {
+                    let status = child.wait();
+                    drained();
+                    match status {
                         Ok(status) => {
                             use std::os::unix::process::ExitStatusExt;
                             status
@@ -274,13 +432,9 @@ pub fn supervise(run_dir: &Path, argv: &[String]) -> i32 {
                     }
                 }
                 Err(e) => {
+                    drained();
                     // The reason goes where the user will look: the task's output.
-                    if let Ok(mut out) = std::fs::OpenOptions::new()
-                        .append(true)
-                        .open(run_dir.join(OUTPUT))
-                    {
-                        let _ = writeln!(out, "clearml-agent: cannot start {program}: {e}");
-                    }
+                    let _ = writeln!(out, "clearml-agent: cannot start {program}: {e}");
                     127
                 }
             }
@@ -293,6 +447,128 @@ pub fn supervise(run_dir: &Path, argv: &[String]) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Yields one line per read; after `ack_at` reads it acknowledges everything written so far.
+    struct Lines {
+        lines: Vec<String>,
+        next: usize,
+        ack_at: Option<usize>,
+        dir: PathBuf,
+    }
+
+    impl std::io::Read for Lines {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if Some(self.next) == self.ack_at {
+                let len = std::fs::metadata(self.dir.join(OUTPUT)).unwrap().len();
+                record_shipped(&self.dir, len);
+            }
+            let Some(line) = self.lines.get(self.next) else {
+                return Ok(0);
+            };
+            self.next += 1;
+            buf[..line.len()].copy_from_slice(line.as_bytes());
+            Ok(line.len())
+        }
+    }
+
+    fn relay_lines(n: usize, cap: u64, ack_at: Option<usize>) -> (String, u64) {
+        relay_chunks(n, None, cap, ack_at)
+    }
+
+    /// Relays `n` lines of 10 bytes, one per read or re-cut into reads of `cut` bytes.
+    fn relay_chunks(
+        n: usize,
+        cut: Option<usize>,
+        cap: u64,
+        ack_at: Option<usize>,
+    ) -> (String, u64) {
+        let dir = std::env::temp_dir().join(format!(
+            "clearml-relay-{}-{n}-{cut:?}-{cap}-{ack_at:?}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut out = std::fs::File::create(dir.join(OUTPUT)).unwrap();
+        let mut lines: Vec<String> = (0..n).map(|i| format!("line {i:04}\n")).collect();
+        if let Some(cut) = cut {
+            let all = lines.concat();
+            lines = all
+                .as_bytes()
+                .chunks(cut)
+                .map(|c| String::from_utf8(c.to_vec()).unwrap())
+                .collect();
+        }
+        let reader = Lines {
+            lines,
+            next: 0,
+            ack_at,
+            dir: dir.clone(),
+        };
+        let dropped = relay(reader, &mut out, &dir, cap);
+        let text = std::fs::read_to_string(dir.join(OUTPUT)).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        (text, dropped)
+    }
+
+    #[test]
+    fn relay_keeps_everything_under_the_cap() {
+        let (text, dropped) = relay_lines(100, 10_000, None);
+        assert_eq!(dropped, 0);
+        assert_eq!(text.lines().count(), 100);
+        assert!(text.ends_with("line 0099\n"));
+    }
+
+    #[test]
+    fn relay_drops_past_the_cap_with_a_marker_and_resumes_when_shipped() {
+        // Lines are 10 bytes; the cap holds 20 of them. Nothing is acknowledged until the
+        // 60th read, so lines 20..60 are dropped and one marker says so.
+        let (text, dropped) = relay_lines(200, 200, Some(60));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[..20],
+            (0..20).map(|i| format!("line {i:04}")).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            lines[20],
+            "[clearml-agent: 400 bytes of output dropped here: more than 200 bytes were waiting for the server]"
+        );
+        assert_eq!(lines[21], "line 0060");
+        // Nothing is acknowledged again, so the cap bites once more, and the end of output
+        // says how much went; the markers account for every dropped byte.
+        assert!(lines.last().unwrap().contains("dropped here"), "{text}");
+        let in_markers: u64 = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("[clearml-agent: "))
+            .map(|l| l.split(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(in_markers, dropped);
+        let kept = lines.iter().filter(|l| l.starts_with("line ")).count() as u64;
+        assert_eq!(kept * 10 + dropped, 2000, "every byte is kept or counted");
+    }
+
+    #[test]
+    fn relay_cuts_at_line_boundaries_whatever_the_reads() {
+        // Reads of 77 bytes cut lines anywhere; kept output is whole lines and markers only.
+        let (text, dropped) = relay_chunks(1000, Some(77), 500, Some(40));
+        let mut kept = 0u64;
+        let mut in_markers = 0u64;
+        let mut last = None;
+        for l in text.lines() {
+            if let Some(m) = l.strip_prefix("[clearml-agent: ") {
+                in_markers += m.split(' ').next().unwrap().parse::<u64>().unwrap();
+                continue;
+            }
+            let i: u32 = l
+                .strip_prefix("line ")
+                .and_then(|x| x.parse().ok())
+                .unwrap_or_else(|| panic!("a cut line {l:?} in {text}"));
+            assert!(last < Some(i), "in order: {text}");
+            last = Some(i);
+            kept += 10;
+        }
+        assert!(dropped > 0 && in_markers == dropped, "{text}");
+        assert_eq!(kept + dropped, 10_000, "every byte is kept or counted");
+    }
 
     #[test]
     fn start_time_identifies_this_process() {

@@ -135,6 +135,28 @@ impl Drop for CopyGuard {
 }
 
 const EPOCH_KEY: &[u8] = b"epoch";
+/// `shutdown/<epoch>` -> why that epoch's agent stopped on purpose.
+const SHUTDOWN_PREFIX: &[u8] = b"shutdown/";
+
+fn shutdown_key(epoch: u64) -> Vec<u8> {
+    [SHUTDOWN_PREFIX, &epoch.to_be_bytes()].concat()
+}
+
+/// Why runs are being resumed, from the previous agent's epoch record, whether that agent
+/// recorded a clean stop (`clean_stop`), and this host's boot id.
+pub fn describe_restart(prev: &EpochInfo, clean_stop: Option<&str>, boot_id: &str) -> String {
+    let who = format!(
+        "agent epoch {} (pid {} on {})",
+        prev.epoch, prev.pid, prev.host
+    );
+    if !prev.boot_id.is_empty() && !boot_id.is_empty() && prev.boot_id != boot_id {
+        format!("host rebooted under {who}")
+    } else if let Some(why) = clean_stop {
+        format!("{who} stopped cleanly ({why})")
+    } else {
+        format!("{who} died without a clean shutdown (crash or kill -9)")
+    }
+}
 
 fn record_key(run: &str, seq: u64) -> Vec<u8> {
     let mut k = run_prefix(run);
@@ -272,6 +294,41 @@ impl Journal {
 
     pub fn epoch(&self) -> Option<u64> {
         self.epoch
+    }
+
+    /// Records that this epoch's agent is stopping on purpose (a signal, a preemption notice),
+    /// so the next start can tell a clean stop from a crash.
+    pub fn record_shutdown(&self, why: &str) -> Result<()> {
+        let epoch = self.epoch.ok_or(JournalError::ReadOnly)?;
+        self.meta
+            .insert(shutdown_key(epoch), why.as_bytes())
+            .map_err(|e| self.storage(e))?;
+        self.flush()
+    }
+
+    /// Why this agent is resuming the runs an earlier one left: the previous epoch, whether it
+    /// stopped cleanly or died, and whether the host rebooted since.
+    pub fn restart_reason(&self) -> Result<String> {
+        let current = self.epoch.unwrap_or(u64::MAX);
+        let epochs = self.epochs()?;
+        let this = epochs.iter().find(|e| e.epoch == current);
+        let Some(prev) = epochs
+            .iter()
+            .filter(|e| e.epoch < current)
+            .max_by_key(|e| e.epoch)
+        else {
+            return Ok("first start of this journal".into());
+        };
+        let clean = self
+            .meta
+            .get(shutdown_key(prev.epoch))
+            .map_err(|e| self.storage(e))?
+            .map(|v| String::from_utf8_lossy(&v).to_string());
+        Ok(describe_restart(
+            prev,
+            clean.as_deref(),
+            this.map_or("", |t| t.boot_id.as_str()),
+        ))
     }
 
     pub fn dir(&self) -> &Path {
@@ -584,4 +641,35 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prev(boot: &str) -> EpochInfo {
+        EpochInfo {
+            epoch: 4,
+            host: "gpu-1".into(),
+            pid: 77,
+            boot_id: boot.into(),
+            ..EpochInfo::default()
+        }
+    }
+
+    #[test]
+    fn a_restart_is_told_apart_from_a_crash_and_a_reboot() {
+        assert_eq!(
+            describe_restart(&prev("b1"), None, "b1"),
+            "agent epoch 4 (pid 77 on gpu-1) died without a clean shutdown (crash or kill -9)"
+        );
+        assert_eq!(
+            describe_restart(&prev("b1"), Some("SIGTERM or SIGINT"), "b1"),
+            "agent epoch 4 (pid 77 on gpu-1) stopped cleanly (SIGTERM or SIGINT)"
+        );
+        assert_eq!(
+            describe_restart(&prev("b1"), Some("SIGTERM or SIGINT"), "b2"),
+            "host rebooted under agent epoch 4 (pid 77 on gpu-1)"
+        );
+    }
 }

@@ -6,12 +6,14 @@
 //! that replay would refuse. On start, every non-terminal run is resumed; an intent with
 //! no result is handed to the effect handler's `reconcile` rather than performed again.
 
-use crate::effects::{EffectFailure, EffectHandler, Reconciled};
+use crate::effects::{EffectFailure, EffectHandler, ProgressStore, Reconciled};
 use crate::fsm::{
     self, Command, CommandKind, EffectResult, Event, FsmError, ResumeInfo, RunState, StopRequest,
     TaskSnapshot,
 };
-use crate::journal::{EpochInfo, Journal, JournalError, RecordBody, RunMeta, DIGEST_EVERY};
+use crate::journal::{
+    EpochInfo, Journal, JournalError, Progress, RecordBody, RunMeta, DIGEST_EVERY,
+};
 
 /// Where time comes from; the FSM never reads a clock, the runner stamps records.
 pub trait Clock {
@@ -57,6 +59,23 @@ impl Driven {
         match self {
             Driven::Terminal(s) | Driven::Deferred { state: s, .. } => s,
         }
+    }
+}
+
+/// One run's progress key, as the effects see it.
+struct RunProgress<'a> {
+    journal: &'a Journal,
+    run: &'a str,
+}
+
+impl ProgressStore for RunProgress<'_> {
+    fn load(&self) -> Progress {
+        self.journal.progress(self.run).unwrap_or_default()
+    }
+    fn save(&mut self, progress: Progress) -> Result<(), String> {
+        self.journal
+            .set_progress(self.run, &progress)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -140,6 +159,12 @@ impl<E: EffectHandler, C: Clock> Runner<E, C> {
                 reason: reason.to_string(),
             });
             self.append(&mut cur, event)?;
+            // The world may have moved on while no agent watched this run.
+            if cur.state.stop.is_none() && cur.state.outcome.is_none() {
+                if let Some(stop) = self.effects.check_on_resume(&cur.state) {
+                    self.append(&mut cur, stop_event(stop))?;
+                }
+            }
         }
         self.drive_cursor(cur)
     }
@@ -184,6 +209,7 @@ impl<E: EffectHandler, C: Clock> Runner<E, C> {
         }
         loop {
             if cur.state.is_terminal() {
+                self.effects.clean_up(&cur.state);
                 return Ok(Driven::Terminal(cur.state));
             }
             self.take_stop_request(&mut cur)?;
@@ -203,7 +229,11 @@ impl<E: EffectHandler, C: Clock> Runner<E, C> {
                     epoch,
                 },
             )?;
-            let result = self.effects.perform(&cur.state, &cmd);
+            let mut progress = RunProgress {
+                journal: &self.journal,
+                run: &cur.run,
+            };
+            let result = self.effects.perform(&cur.state, &cmd, &mut progress);
             self.record_result(&mut cur, &cmd, result)?;
             if let Some(reason) = deferred_report(&cur.state) {
                 return Ok(Driven::Deferred {
@@ -219,7 +249,13 @@ impl<E: EffectHandler, C: Clock> Runner<E, C> {
         let result = match self.effects.reconcile(&cur.state, cmd) {
             Reconciled::Done(r) => Ok(r),
             Reconciled::Failed(f) => Err(f),
-            Reconciled::Redo => self.effects.perform(&cur.state, cmd),
+            Reconciled::Redo => {
+                let mut progress = RunProgress {
+                    journal: &self.journal,
+                    run: &cur.run,
+                };
+                self.effects.perform(&cur.state, cmd, &mut progress)
+            }
         };
         self.record_result(cur, cmd, result)
     }
