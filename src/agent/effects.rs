@@ -212,6 +212,7 @@ impl RealEffects {
                 commit: None,
             }));
         };
+        let _ = std::fs::remove_file(dirs.code.join(CLONED_MARKER));
         let settings = self.vcs_settings();
         let mut log = |l: &str| {
             self.say(state, "INFO", l);
@@ -219,6 +220,8 @@ impl RealEffects {
         };
         let out = vcs::checkout(&settings, &spec, &dirs.code, &mut log)
             .map_err(|e| EffectFailure::fatal(e.to_string()))?;
+        // Written last: a resumed run trusts a checkout only with it (see `reconcile`).
+        let _ = std::fs::write(dirs.code.join(CLONED_MARKER), &out.commit);
         Ok(EffectResult::Cloned(SourceFacts {
             worktree: out.worktree.display().to_string(),
             commit: Some(out.commit),
@@ -741,6 +744,27 @@ impl EffectHandler for RealEffects {
     fn reconcile(&mut self, state: &RunState, cmd: &Command) -> Reconciled {
         let dirs = self.dirs(state);
         match &cmd.kind {
+            // A finished venv and a finished checkout are kept, not rebuilt.
+            CommandKind::ResolveEnv => match venv::completed(&dirs.venv) {
+                Some(m) => Reconciled::Done(EffectResult::EnvResolved(EnvFacts {
+                    python: venv::venv_python(&dirs.venv).display().to_string(),
+                    venv_dir: dirs.venv.display().to_string(),
+                    cache_hit: false,
+                    installed: m.installed,
+                })),
+                None => Reconciled::Redo,
+            },
+            CommandKind::Clone if Self::source_spec(state).is_some() => {
+                match std::fs::read_to_string(dirs.code.join(CLONED_MARKER)) {
+                    Ok(commit) if !commit.is_empty() => {
+                        Reconciled::Done(EffectResult::Cloned(SourceFacts {
+                            worktree: dirs.code.display().to_string(),
+                            commit: Some(commit),
+                        }))
+                    }
+                    _ => Reconciled::Redo,
+                }
+            }
             CommandKind::ApplyPatch => {
                 match std::fs::read_to_string(dirs.code.join(".clearml-agent-patched")) {
                     Ok(s) => Reconciled::Done(EffectResult::Patched {
@@ -765,7 +789,7 @@ impl EffectHandler for RealEffects {
                 }
                 _ => Reconciled::Redo,
             },
-            // Environment and checkout are rebuilt from their caches; waiting re-attaches.
+            // Anything else is done again (from the caches); waiting re-attaches.
             _ => Reconciled::Redo,
         }
     }
@@ -799,6 +823,9 @@ impl EffectHandler for RealEffects {
             })
     }
 }
+
+/// In a run's checkout once it is complete: the commit checked out.
+const CLONED_MARKER: &str = ".clearml-agent-cloned";
 
 /// What the resume and stop checks read of a task.
 struct TaskView {

@@ -245,6 +245,11 @@ pub fn is_complete(venv_dir: &Path) -> bool {
     venv_dir.join(MARKER).is_file() && venv_python(venv_dir).exists()
 }
 
+/// What a finished venv at `venv_dir` holds, if it was finished (see [`is_complete`]).
+pub fn completed(venv_dir: &Path) -> Option<MarkerData> {
+    is_complete(venv_dir).then(|| read_marker(venv_dir)).flatten()
+}
+
 fn write_marker(venv_dir: &Path, data: &MarkerData) -> io::Result<()> {
     let tmp = venv_dir.join(format!("{MARKER}.tmp"));
     let mut f = File::create(&tmp)?;
