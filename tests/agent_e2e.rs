@@ -735,16 +735,12 @@ fn sigterm_during_a_run_leaves_the_task_to_its_supervisor_and_resumes() {
     survive_agent_death(libc::SIGTERM);
 }
 
-/// The machine "reboots" under a run: the agent and the user process tree die together, so no
-/// exit status is ever recorded. The restarted agent requeues the task (never reports it
-/// completed), and it then runs again from the start.
-#[test]
-fn a_lost_process_is_requeued_and_runs_again() {
-    let env = Env::new();
+/// Kills agent-a during a run, then kills the supervisor's whole process group the way a power
+/// cut would (no exit file is ever written), and restarts agent-a with `extra_env`. Returns the
+/// task id and the restarted daemon.
+fn lose_the_process(env: &Env, extra_env: &[(&str, &str)]) -> (String, Daemon) {
     let (repo, _, _) = make_repo(&env.root);
-    let pid_file = env.root.join("sleeper.pid");
     let (id, _, _) = env.run_until_then_kill(&repo, "lost", "long.py", "tick 005", libc::SIGKILL);
-    // Kill the supervisor's whole process group the way a power cut would: no exit file.
     let sup = std::fs::read_dir(env.root.join("agent-a-runs"))
         .unwrap()
         .flatten()
@@ -760,7 +756,17 @@ fn a_lost_process_is_requeued_and_runs_again() {
         .unwrap();
     unsafe { libc::killpg(pgid, libc::SIGKILL) };
     std::thread::sleep(Duration::from_millis(500));
-    let second = env.daemon("agent-a");
+    (id, env.daemon_with("agent-a", extra_env))
+}
+
+/// The machine "reboots" under a run: the agent and the user process tree die together, so no
+/// exit status is ever recorded. The restarted agent requeues the task (never reports it
+/// completed), and it then runs again from the start.
+#[test]
+fn a_lost_process_is_requeued_and_runs_again() {
+    let env = Env::new();
+    let pid_file = env.root.join("sleeper.pid");
+    let (id, second) = lose_the_process(&env, &[]);
     let t = env.wait_final(&id, &second);
     assert_eq!(t["status"], "completed", "{}", second.tail());
     assert_eq!(
@@ -768,17 +774,31 @@ fn a_lost_process_is_requeued_and_runs_again() {
         2,
         "ran again after the loss"
     );
-    let runs = Command::new(common::bin())
-        .args(["journal", "inspect", "--json", "--journal-dir"])
-        .arg(env.root.join("agent-a-journal"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&runs.stdout).to_string();
+    let text = env.inspect(None).to_string();
     assert!(
         text.contains("requeued after agent restart on agent-a:0"),
         "{text}"
     );
     assert!(text.contains("completed"), "{text}");
+}
+
+/// The same loss with `agent.resume.on_lost_process: fail`: the task fails with a reason of its
+/// own, never `completed`, and is not run again.
+#[test]
+fn a_lost_process_fails_the_task_when_so_configured() {
+    let env = Env::new();
+    let pid_file = env.root.join("sleeper.pid");
+    let fail = [("CLEARML_AGENT__AGENT__RESUME__ON_LOST_PROCESS", "fail")];
+    let (id, second) = lose_the_process(&env, &fail);
+    let t = env.wait_final(&id, &second);
+    assert_eq!(t["status"], "failed", "{}", second.tail());
+    let reason = t["status_reason"].as_str().unwrap_or("");
+    assert!(reason.contains("lost: agent host restarted"), "{t}");
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().lines().count(),
+        1,
+        "not run again"
+    );
 }
 
 /// The task is aborted from the SDK while no agent runs: the restarted agent kills the process

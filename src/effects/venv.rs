@@ -247,7 +247,9 @@ pub fn is_complete(venv_dir: &Path) -> bool {
 
 /// What a finished venv at `venv_dir` holds, if it was finished (see [`is_complete`]).
 pub fn completed(venv_dir: &Path) -> Option<MarkerData> {
-    is_complete(venv_dir).then(|| read_marker(venv_dir)).flatten()
+    is_complete(venv_dir)
+        .then(|| read_marker(venv_dir))
+        .flatten()
 }
 
 fn write_marker(venv_dir: &Path, data: &MarkerData) -> io::Result<()> {
