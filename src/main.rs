@@ -471,13 +471,24 @@ fn journal_command(command: JournalCommand) -> Result<i32> {
                                     r.task_id.clone(),
                                     r.state.clone(),
                                     r.attempt.to_string(),
+                                    r.resumes.to_string(),
+                                    r.epoch.to_string(),
                                     fmt_age(r.created_ms),
                                     r.last_event.clone(),
                                 ]
                             })
                             .collect();
                         print_table(
-                            &["RUN", "TASK", "STATE", "ATTEMPT", "AGE", "LAST EVENT"],
+                            &[
+                                "RUN",
+                                "TASK",
+                                "STATE",
+                                "ATTEMPT",
+                                "RESUMES",
+                                "EPOCH",
+                                "AGE",
+                                "LAST EVENT",
+                            ],
                             &rows,
                         );
                     }
