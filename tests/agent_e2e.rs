@@ -1267,10 +1267,11 @@ fn a_task_taken_by_another_worker_while_down_is_left_to_it() {
     };
     let why = "task taken by worker agent-b:0";
     let id = closed_while_down(&env, "taken while down", take, why);
+    let t = env.server.task(&id);
+    assert_eq!(t["status"], "in_progress", "left to agent-b");
     assert_eq!(
-        env.server.task(&id)["status"],
-        "in_progress",
-        "left to agent-b"
+        t["last_worker"], "agent-b:0",
+        "agent-a never claimed it back"
     );
 }
 

@@ -216,7 +216,7 @@ fn machine_stats(prev: &mut Samples) -> Value {
 
 /// Sends `workers.status_report` every interval from a thread, with the current task.
 struct Reporter {
-    current: Arc<Mutex<Option<(String, String)>>>,
+    current: super::effects::CurrentTask,
 }
 
 impl Reporter {
@@ -226,7 +226,7 @@ impl Reporter {
         queues: Vec<String>,
         every: Duration,
     ) -> Reporter {
-        let current: Arc<Mutex<Option<(String, String)>>> = Arc::new(Mutex::new(None));
+        let current: super::effects::CurrentTask = Arc::new(Mutex::new(None));
         let shared = current.clone();
         std::thread::spawn(move || {
             let mut prev = Samples::default();
@@ -463,6 +463,8 @@ pub fn daemon(settings: AgentSettings, opts: DaemonOptions) -> anyhow::Result<i3
         Duration::from_secs_f64(settings.status_report_interval_s),
     );
     let mut runner = open_runner(&settings, api.clone(), &worker)?;
+    // The status reports name the task whose process is being waited on, resumed runs included.
+    runner.effects_mut().current_task = Some(reporter.current.clone());
     // Runs a previous life of this agent left unfinished come first.
     let reason = runner.journal().restart_reason()?;
     for (run, result) in runner.resume_all(&reason)? {

@@ -32,6 +32,9 @@ pub static DRAIN: AtomicBool = AtomicBool::new(false);
 /// The stop reason of tasks aborted by `daemon --stop`.
 pub const AGENT_SHUTDOWN: &str = "agent shutdown";
 
+/// The (task, queue) a worker is running now, as its status reports say.
+pub type CurrentTask = Arc<std::sync::Mutex<Option<(String, String)>>>;
+
 pub struct RealEffects {
     pub settings: AgentSettings,
     pub api: Arc<ApiClient>,
@@ -43,6 +46,8 @@ pub struct RealEffects {
     /// The argument says why (recorded in the journal for the next start's resume reason).
     pub on_shutdown: Box<dyn Fn(&str) + Send>,
     pending_stop: Option<StopRequest>,
+    /// Shared with the daemon's status reporter: (task, queue) while a user process is waited on.
+    pub current_task: Option<CurrentTask>,
 }
 
 /// The directories of one run.
@@ -66,6 +71,7 @@ impl RealEffects {
             agent_exe,
             on_shutdown: Box::new(|_| {}),
             pending_stop: None,
+            current_task: None,
         }
     }
 
@@ -359,6 +365,27 @@ impl RealEffects {
     /// Waits for the user process while shipping its output, pinging the task and watching for
     /// a stop request; survives agent restarts because it only reads the supervisor's files.
     fn wait(
+        &mut self,
+        state: &RunState,
+        progress: &mut dyn ProgressStore,
+    ) -> Result<EffectResult, EffectFailure> {
+        // A run being closed (its task moved on) is not reported as this worker's task.
+        if state.stop.is_none() {
+            let queue = state.snapshot.queue.clone().unwrap_or_default();
+            self.set_current_task(Some((state.task_id.clone(), queue)));
+        }
+        let result = self.wait_for_exit(state, progress);
+        self.set_current_task(None);
+        result
+    }
+
+    fn set_current_task(&self, task: Option<(String, String)>) {
+        if let Some(current) = &self.current_task {
+            *current.lock().unwrap_or_else(|e| e.into_inner()) = task;
+        }
+    }
+
+    fn wait_for_exit(
         &mut self,
         state: &RunState,
         progress: &mut dyn ProgressStore,
