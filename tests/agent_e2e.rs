@@ -90,6 +90,12 @@ fn make_repo(root: &Path) -> (PathBuf, String, String) {
         "import os, time\nwith open(os.environ['PID_FILE'], 'a') as f:\n    f.write(str(os.getpid()) + '\\n')\nfor i in range(60):\n    print('tick %03d' % i, flush=True)\n    time.sleep(0.1)\n",
     )
     .unwrap();
+    // The same 60 ticks over 30 s: the crash-during-a-run tests.
+    std::fs::write(
+        repo.join("steady.py"),
+        "import os, time\nwith open(os.environ['PID_FILE'], 'a') as f:\n    f.write(str(os.getpid()) + '\\n')\nfor i in range(60):\n    print('tick %03d' % i, flush=True)\n    time.sleep(0.5)\n",
+    )
+    .unwrap();
     std::fs::write(
         repo.join("slow.py"),
         "import time\nfor i in range(60):\n    print('slow %03d' % i, flush=True)\n    time.sleep(0.5)\n",
@@ -662,14 +668,14 @@ fn every_line_of_a_200k_line_script_reaches_the_server_in_order() {
     }
 }
 
-/// Kill the daemon while the user script runs (SIGKILL or SIGTERM), restart it: the script is never
+/// Kill the daemon during a 30 s run (SIGKILL or SIGTERM), restart it: the script is never
 /// restarted, its output (including what it printed while no agent ran) arrives, the run ends once.
 fn survive_agent_death(signal: i32) {
     let env = Env::new();
     let (repo, _, _) = make_repo(&env.root);
     let pid_file = env.root.join("sleeper.pid");
     let (id, status, first_tail) =
-        env.run_until_then_kill(&repo, "long", "long.py", "tick 005", signal);
+        env.run_until_then_kill(&repo, "steady", "steady.py", "tick 005", signal);
     // The journal records which agent process holds it.
     let first_pid = std::fs::read_to_string(env.root.join("agent-a-journal/agent.pid")).unwrap();
     if signal == libc::SIGTERM {
