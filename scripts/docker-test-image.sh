@@ -9,6 +9,7 @@
 # Needs: root, debootstrap, a running Docker Engine. `.ci/run` installs debootstrap.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PATH="$PATH:/usr/sbin:/sbin"
 
 SUITE="${CLEARML_TEST_IMAGE_SUITE:-bookworm}"
 PACKAGES="python3,python3-venv,python3-pip,git,ca-certificates"
@@ -44,6 +45,8 @@ if [ ! -s "$TARBALL" ]; then
     "$ROOT"/usr/share/man/* "$ROOT"/usr/share/locale/*
   tar -C "$ROOT" --numeric-owner -cf "$TARBALL.tmp" .
   mv "$TARBALL.tmp" "$TARBALL"
+  # Tarballs of older recipes are dead weight (images stay: other checkouts may use them).
+  find "$CACHE_DIR" -maxdepth 1 -name '*.tar' ! -name "$HASH.tar" -delete
   echo "rootfs built in $(( $(date +%s) - start )) s" >&2
 fi
 
