@@ -18,7 +18,10 @@ use clearml_agent::effects::docker::spec::{
     ContainerSpec,
 };
 use clearml_agent::effects::docker::{ContainerStatus, DockerError, Engine};
-use docker::{engine_or_skip, read_lines_from, run_id, test_image, wait_until, Cleanup, Registry};
+use docker::{
+    engine_and_cleanup, engine_or_skip, read_lines_from, run_id, test_image, wait_until, Cleanup,
+    Registry,
+};
 
 const LONG: Duration = Duration::from_secs(300);
 
@@ -81,13 +84,8 @@ fn engine_answers_with_a_negotiated_api_version() {
 
 #[test]
 fn output_lands_in_the_log_file_and_the_exit_code_comes_from_the_engine() {
-    let Some(engine) = engine_or_skip("output_lands_in_the_log_file") else {
+    let Some((engine, mut cleanup)) = engine_and_cleanup("output_lands_in_the_log_file") else {
         return;
-    };
-    let mut cleanup = Cleanup {
-        engine: &engine,
-        ids: vec![],
-        images: vec![],
     };
     let io = tempfile::tempdir().unwrap();
     let run = run_id("exit3");
@@ -120,15 +118,10 @@ fn output_lands_in_the_log_file_and_the_exit_code_comes_from_the_engine() {
 
 #[test]
 fn a_fresh_client_reattaches_by_label_and_loses_no_line() {
-    let Some(engine) = engine_or_skip("a_fresh_client_reattaches_by_label") else {
-        return;
-    };
     // The guard has its own client: the one that starts the container is dropped mid-test.
-    let keeper = Engine::connect_default().unwrap();
-    let mut cleanup = Cleanup {
-        engine: &keeper,
-        ids: vec![],
-        images: vec![],
+    let Some((engine, mut cleanup)) = engine_and_cleanup("a_fresh_client_reattaches_by_label")
+    else {
+        return;
     };
     let io = tempfile::tempdir().unwrap();
     let log = io.path().join("output.log");
@@ -203,13 +196,8 @@ while True:
 
 #[test]
 fn stop_sends_sigterm_then_kills_after_the_grace_period() {
-    let Some(engine) = engine_or_skip("stop_sends_sigterm_then_kills") else {
+    let Some((engine, mut cleanup)) = engine_and_cleanup("stop_sends_sigterm_then_kills") else {
         return;
-    };
-    let mut cleanup = Cleanup {
-        engine: &engine,
-        ids: vec![],
-        images: vec![],
     };
     for (mode, expected_code) in [("exit", 0), ("ignore", 137)] {
         let io = tempfile::tempdir().unwrap();
@@ -275,17 +263,13 @@ fn a_missing_image_fails_with_the_image_named() {
 
 #[test]
 fn pulls_from_a_local_registry_with_progress_and_force_pull_refreshes() {
-    let Some(engine) = engine_or_skip("pulls_from_a_local_registry") else {
+    let Some((engine, mut cleanup)) = engine_and_cleanup("pulls_from_a_local_registry") else {
         return;
     };
     let registry = Registry::start();
     let name = format!("clearml-test/tiny-{}:1", std::process::id());
     let (reference, v1) = registry.push_tiny_image(&name, "version one\n");
-    let mut cleanup = Cleanup {
-        engine: &engine,
-        ids: vec![],
-        images: vec![reference.clone()],
-    };
+    cleanup.images.push(reference.clone());
     engine.remove_image(&reference).unwrap();
     assert!(engine.image(&reference).unwrap().is_none());
 
@@ -395,13 +379,8 @@ fn run_dirs() -> RunDirs {
 
 #[test]
 fn the_bootstrap_builds_a_venv_once_and_the_next_container_reuses_it() {
-    let Some(engine) = engine_or_skip("the_bootstrap_builds_a_venv_once") else {
+    let Some((engine, mut cleanup)) = engine_and_cleanup("the_bootstrap_builds_a_venv_once") else {
         return;
-    };
-    let mut cleanup = Cleanup {
-        engine: &engine,
-        ids: vec![],
-        images: vec![],
     };
     let venvs = tempfile::tempdir().unwrap();
     let image_id = engine.image(test_image()).unwrap().unwrap().id;
@@ -477,13 +456,8 @@ fn the_bootstrap_builds_a_venv_once_and_the_next_container_reuses_it() {
 
 #[test]
 fn a_failed_install_fails_in_setup_with_the_reason_and_leaves_no_cache_entry() {
-    let Some(engine) = engine_or_skip("a_failed_install_fails_in_setup") else {
+    let Some((engine, mut cleanup)) = engine_and_cleanup("a_failed_install_fails_in_setup") else {
         return;
-    };
-    let mut cleanup = Cleanup {
-        engine: &engine,
-        ids: vec![],
-        images: vec![],
     };
     let venvs = tempfile::tempdir().unwrap();
     let requirements = s(&["clearml-agent-test-no-such-package-xyz==0.0.1"]);
@@ -527,15 +501,10 @@ fn a_failed_install_fails_in_setup_with_the_reason_and_leaves_no_cache_entry() {
 
 #[test]
 fn credentials_reach_the_container_only_through_the_private_config_file() {
-    let Some(engine) =
-        engine_or_skip("credentials_reach_the_container_only_through_the_config_file")
+    let Some((engine, mut cleanup)) =
+        engine_and_cleanup("credentials_reach_the_container_only_through_the_config_file")
     else {
         return;
-    };
-    let mut cleanup = Cleanup {
-        engine: &engine,
-        ids: vec![],
-        images: vec![],
     };
     let venvs = tempfile::tempdir().unwrap();
     let run = run_id("secrets");
@@ -578,13 +547,9 @@ fn credentials_reach_the_container_only_through_the_private_config_file() {
 
 #[test]
 fn a_committed_container_becomes_an_image_that_runs() {
-    let Some(engine) = engine_or_skip("a_committed_container_becomes_an_image") else {
+    let Some((engine, mut cleanup)) = engine_and_cleanup("a_committed_container_becomes_an_image")
+    else {
         return;
-    };
-    let mut cleanup = Cleanup {
-        engine: &engine,
-        ids: vec![],
-        images: vec![],
     };
     let io = tempfile::tempdir().unwrap();
     let run = run_id("commit");

@@ -49,14 +49,15 @@ pub fn run_id(test: &str) -> String {
     format!("{test}-{}", std::process::id())
 }
 
-/// Removes the container when the test ends, pass or fail.
-pub struct Cleanup<'a> {
-    pub engine: &'a Engine,
+/// Removes containers and images when the test ends, pass or fail, through its own client
+/// (a test may drop its engine to play an agent crash).
+pub struct Cleanup {
+    engine: Engine,
     pub ids: Vec<String>,
     pub images: Vec<String>,
 }
 
-impl Drop for Cleanup<'_> {
+impl Drop for Cleanup {
     fn drop(&mut self) {
         for id in &self.ids {
             let _ = self.engine.remove(id);
@@ -65,6 +66,17 @@ impl Drop for Cleanup<'_> {
             let _ = self.engine.remove_image(image);
         }
     }
+}
+
+/// The engine and a cleanup guard, or `None` (skip) as [`engine_or_skip`].
+pub fn engine_and_cleanup(test: &str) -> Option<(Engine, Cleanup)> {
+    let engine = engine_or_skip(test)?;
+    let cleanup = Cleanup {
+        engine: Engine::connect_default().expect("a second client to the engine"),
+        ids: vec![],
+        images: vec![],
+    };
+    Some((engine, cleanup))
 }
 
 /// The complete lines of `path` from `offset`, and the offset after them (a partly written last
