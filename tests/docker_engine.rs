@@ -188,7 +188,8 @@ def on_term(*_):
     if mode == "exit":
         print("exiting cleanly", flush=True)
         sys.exit(0)
-signal.signal(signal.SIGTERM, on_term)
+if mode != "default":
+    signal.signal(signal.SIGTERM, on_term)
 print("ready", flush=True)
 while True:
     time.sleep(0.1)
@@ -199,7 +200,10 @@ fn stop_sends_sigterm_then_kills_after_the_grace_period() {
     let Some((engine, mut cleanup)) = engine_and_cleanup("stop_sends_sigterm_then_kills") else {
         return;
     };
-    for (mode, expected_code) in [("exit", 0), ("ignore", 137)] {
+    // "default": no handler. The engine's init is PID 1 and passes SIGTERM on, so the task
+    // dies of it (143); as PID 1 itself the signal would be ignored and only the kill would
+    // end it (137).
+    for (mode, expected_code) in [("exit", 0), ("ignore", 137), ("default", 143)] {
         let io = tempfile::tempdir().unwrap();
         let run = run_id(&format!("stop-{mode}"));
         let spec = logged_spec(&run, io.path(), &["python3", "-c", SIGTERM_SCRIPT, mode]);
@@ -216,9 +220,10 @@ fn stop_sends_sigterm_then_kills_after_the_grace_period() {
             output(io.path())
         );
         let out = output(io.path());
-        assert!(
+        assert_eq!(
             out.contains("got SIGTERM"),
-            "{mode}: the task never saw SIGTERM:\n{out}"
+            mode != "default",
+            "{mode}: the task's handler did not see SIGTERM:\n{out}"
         );
         assert_eq!(out.contains("exiting cleanly"), mode == "exit", "{out}");
         // Stopping a stopped container is fine (an abort racing the task's own exit).
@@ -454,6 +459,91 @@ fn the_bootstrap_builds_a_venv_once_and_the_next_container_reuses_it() {
     assert!(fs::read_to_string(&marker).unwrap().contains(&key));
 }
 
+/// Processes (on this host, in any container) waiting in the bootstrap's `flock` on `lock`
+/// (the lock file's path inside the container).
+fn waiting_on_lock(lock: &str) -> usize {
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return 0;
+    };
+    procs
+        .flatten()
+        .filter(|p| {
+            let cmdline = fs::read(p.path().join("cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).contains("fcntl.flock(9")
+                && fs::read_link(p.path().join("fd/9")).is_ok_and(|l| l == Path::new(lock))
+        })
+        .count()
+}
+
+#[test]
+fn concurrent_runs_build_one_environment_and_a_killed_build_is_redone() {
+    let Some((engine, mut cleanup)) = engine_and_cleanup("concurrent_runs_build_one_environment")
+    else {
+        return;
+    };
+    let venvs = tempfile::tempdir().unwrap();
+    let image_id = engine.image(test_image()).unwrap().unwrap().id;
+    let requirements = s(&["six==1.16.0"]);
+    let pip = host_pip();
+    let key = bootstrap::venv_key(&image_id, &requirements, false, &pip);
+    // What a container killed mid-build leaves: the entry without its marker.
+    let leftover = venvs.path().join(&key).join("half-installed");
+    fs::create_dir_all(&leftover).unwrap();
+    // The host holds the entry's lock (as the agent's eviction would), so both runs queue on it.
+    let lock = fs::File::create(venvs.path().join(format!("{key}.lock"))).unwrap();
+    fs2::FileExt::lock_exclusive(&lock).unwrap();
+
+    let mut runs = vec![];
+    for n in 1..=2 {
+        let run = run_id(&format!("concurrent{n}"));
+        let dirs = run_dirs();
+        let boot = Bootstrap {
+            run_id: run.clone(),
+            env: PythonEnv::Venv {
+                key: key.clone(),
+                python: Some("python3".into()),
+                system_site_packages: false,
+            },
+            pip: pip.clone(),
+            ca_bundle_mounted: docker::host_ca_bundle().is_some(),
+            setup_shell_script: None,
+            workdir: layout::CODE_DIR.into(),
+            entry: Entry::Python {
+                args: s(&["-c", "import six; print('six', six.__version__)"]),
+            },
+        };
+        let spec = bootstrapped_spec(&run, &dirs, venvs.path(), &boot, &requirements);
+        let id = create_and_start(&engine, &mut cleanup, &run, &spec);
+        runs.push((id, dirs));
+    }
+    let lock_in_container = format!("{}/{key}.lock", layout::VENVS_DIR);
+    wait_until("both runs to wait on the venv lock", LONG, || {
+        waiting_on_lock(&lock_in_container) == 2
+    });
+    assert!(leftover.exists(), "nothing is touched without the lock");
+    fs2::FileExt::unlock(&lock).unwrap();
+
+    let mut outputs = vec![];
+    for (id, dirs) in &runs {
+        let code = engine.wait(id, LONG).unwrap();
+        let out = output(dirs.io.path());
+        assert_eq!(code, Some(0), "{out}");
+        assert!(out.contains("six 1.16.0"), "{out}");
+        outputs.push(out);
+    }
+    let built = outputs
+        .iter()
+        .filter(|o| o.contains("creating environment"))
+        .count();
+    let waited = outputs
+        .iter()
+        .filter(|o| o.contains("built by another run meanwhile"))
+        .count();
+    assert_eq!((built, waited), (1, 1), "{outputs:#?}");
+    assert!(!leftover.exists(), "the half-built entry was replaced");
+    assert!(venvs.path().join(&key).join(bootstrap::MARKER).exists());
+}
+
 #[test]
 fn a_failed_install_fails_in_setup_with_the_reason_and_leaves_no_cache_entry() {
     let Some((engine, mut cleanup)) = engine_and_cleanup("a_failed_install_fails_in_setup") else {
@@ -543,6 +633,12 @@ fn credentials_reach_the_container_only_through_the_private_config_file() {
     assert!(state.env.iter().any(|e| e == "PLAIN=1"), "{shown}");
     let out = output(dirs.io.path());
     assert!(out.contains("mode 600\n1\nenv-hits 0\n"), "{out}");
+    // A prebuilt environment: no package operation at all.
+    assert!(
+        out.starts_with("clearml-agent: using the image's environment as it is (python3)\n"),
+        "{out}"
+    );
+    assert!(!out.contains("pip") && !out.contains("venv"), "{out}");
 }
 
 #[test]
