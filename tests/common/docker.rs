@@ -16,7 +16,10 @@ use clearml_agent::effects::docker::Engine;
 /// The engine, or `None` (after saying so) when this machine has no Docker socket at all. Any
 /// other problem (a socket that does not answer) fails the test.
 pub fn engine_or_skip(test: &str) -> Option<Engine> {
-    let socket = socket_path(std::env::var("DOCKER_HOST").ok().as_deref())?;
+    let host = std::env::var("DOCKER_HOST").ok();
+    let Some(socket) = socket_path(host.as_deref()) else {
+        panic!("DOCKER_HOST={host:?} is not a unix socket; the agent only talks to a local engine");
+    };
     if !socket.exists() {
         eprintln!(
             "SKIPPED {test}: no Docker socket at {} (docker-mode tests need a Docker Engine)",

@@ -331,10 +331,7 @@ impl Engine {
                 self.docker.create_container(Some(options.build()), body),
             )
             .map_err(|e| match e {
-                ref api @ DockerError::Api { ref reason, .. }
-                    if reason.contains("No such image") =>
-                {
-                    let _ = api;
+                DockerError::Api { ref reason, .. } if reason.contains("No such image") => {
                     DockerError::ImageMissing {
                         image: image.clone(),
                     }
