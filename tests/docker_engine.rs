@@ -249,6 +249,20 @@ fn a_missing_image_fails_with_the_image_named() {
     assert!(matches!(err, DockerError::Pull { .. }), "{err:?}");
     assert!(err.to_string().contains(&image), "{err}");
     assert!(lines.iter().any(|l| l.contains(&image)), "{lines:?}");
+    // A registry that is not there at all: the same, and at once.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let unreachable = format!("127.0.0.1:{port}/clearml-test/nowhere:1");
+    let err = engine
+        .ensure_image(&unreachable, true, &mut |_| {})
+        .unwrap_err();
+    assert!(
+        matches!(err, DockerError::Pull { .. }) && err.to_string().contains(&unreachable),
+        "{err}"
+    );
     // Creating from an image that is not there (no pull) names it too.
     let spec = ContainerSpec {
         image: "clearml-test/never-built:0".into(),
