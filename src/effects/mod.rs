@@ -5,6 +5,7 @@
 //! a handler must be able to tell whether its effect already happened (clone dir at the
 //! expected commit, venv completion marker, supervisor exit file) instead of redoing it.
 
+pub mod docker;
 pub mod simulated;
 pub mod supervisor;
 pub mod vcs;
