@@ -3,6 +3,8 @@
 pub mod daemon;
 pub mod effects;
 pub mod gpu;
+pub mod gpu_select;
+pub mod gpu_slots;
 pub mod logship;
 pub mod preemption;
 pub mod settings;
