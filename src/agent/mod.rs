@@ -7,4 +7,5 @@ pub mod gpu_select;
 pub mod gpu_slots;
 pub mod logship;
 pub mod preemption;
+pub mod schedule;
 pub mod settings;
