@@ -3,6 +3,7 @@
 pub mod daemon;
 pub mod effects;
 pub mod gpu;
+pub mod gpu_monitor;
 pub mod gpu_select;
 pub mod gpu_slots;
 pub mod logship;
