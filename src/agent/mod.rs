@@ -1,5 +1,6 @@
 //! The agent proper: settings, log shipping, the real effect handler, `daemon` and `execute`.
 
+pub mod cuda;
 pub mod daemon;
 pub mod effects;
 pub mod gpu;
