@@ -5,8 +5,10 @@
 //! a handler must be able to tell whether its effect already happened (clone dir at the
 //! expected commit, venv completion marker, supervisor exit file) instead of redoing it.
 
+pub mod pep440;
 pub mod simulated;
 pub mod supervisor;
+pub mod torch;
 pub mod vcs;
 pub mod venv;
 
