@@ -15,6 +15,46 @@ pub struct GpuSample {
 pub trait GpuStats: Send {
     /// One sample per visible GPU, in index order.
     fn sample(&mut self) -> Vec<GpuSample>;
+
+    /// Every device with its identity (to keep only a task's GPUs) and raw readings; an error
+    /// when the query failed, so a monitor can count failures. The default derives them from
+    /// [`GpuStats::sample`], numbering devices by position.
+    fn devices(&mut self) -> Result<Vec<GpuDevice>, String> {
+        Ok(self
+            .sample()
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| GpuDevice {
+                index: i as u32,
+                uuid: String::new(),
+                name: String::new(),
+                utilization: Some(s.usage),
+                memory_used_mb: s.memory_used_mb,
+                memory_total_mb: s.memory_used_mb + s.memory_free_mb,
+                temperature: s.temperature,
+            })
+            .collect())
+    }
+
+    /// The newest CUDA version the driver supports, as NVML encodes it (12020 = 12.2).
+    fn cuda_driver_version(&mut self) -> Option<i32> {
+        None
+    }
+}
+
+/// One GPU as NVML describes it (see `gpu_monitor` for how readings become report fields).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuDevice {
+    /// NVML's index, which is nvidia-smi's and, with `CUDA_DEVICE_ORDER=PCI_BUS_ID`, CUDA's.
+    pub index: u32,
+    /// `GPU-...`.
+    pub uuid: String,
+    pub name: String,
+    /// None where the device reports none (MIG).
+    pub utilization: Option<f64>,
+    pub memory_used_mb: f64,
+    pub memory_total_mb: f64,
+    pub temperature: f64,
 }
 
 /// No GPU (NVML absent or no device).
@@ -67,6 +107,32 @@ impl GpuStats for NvmlGpus {
                 }
             })
             .collect()
+    }
+
+    fn devices(&mut self) -> Result<Vec<GpuDevice>, String> {
+        use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
+        let count = self.nvml.device_count().map_err(|e| e.to_string())?;
+        (0..count)
+            .map(|i| {
+                let d = self.nvml.device_by_index(i).map_err(|e| e.to_string())?;
+                let mem = d.memory_info().map_err(|e| e.to_string())?;
+                Ok(GpuDevice {
+                    index: d.index().unwrap_or(i),
+                    uuid: d.uuid().unwrap_or_default(),
+                    name: d.name().unwrap_or_default(),
+                    utilization: d.utilization_rates().ok().map(|u| u.gpu as f64),
+                    memory_used_mb: mem.used as f64 / 1_048_576.0,
+                    memory_total_mb: mem.total as f64 / 1_048_576.0,
+                    temperature: d
+                        .temperature(TemperatureSensor::Gpu)
+                        .map_or(0.0, |t| t as f64),
+                })
+            })
+            .collect()
+    }
+
+    fn cuda_driver_version(&mut self) -> Option<i32> {
+        self.nvml.sys_cuda_driver_version().ok()
     }
 }
 

@@ -6,8 +6,10 @@
 //! expected commit, venv completion marker, supervisor exit file) instead of redoing it.
 
 pub mod docker;
+pub mod pep440;
 pub mod simulated;
 pub mod supervisor;
+pub mod torch;
 pub mod vcs;
 pub mod venv;
 
