@@ -5,6 +5,9 @@
 //! a handler must be able to tell whether its effect already happened (clone dir at the
 //! expected commit, venv completion marker, supervisor exit file) instead of redoing it.
 
+pub mod project;
+pub mod python;
+pub mod requirements;
 pub mod simulated;
 pub mod supervisor;
 pub mod vcs;
