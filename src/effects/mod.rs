@@ -5,6 +5,8 @@
 //! a handler must be able to tell whether its effect already happened (clone dir at the
 //! expected commit, venv completion marker, supervisor exit file) instead of redoing it.
 
+pub mod custom_build;
+pub mod env_plan;
 pub mod project;
 pub mod python;
 pub mod requirements;

@@ -412,16 +412,7 @@ fn expand(
             match included {
                 Some((rel, text)) => {
                     let inc_folder = rel.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
-                    expand(
-                        &text,
-                        &rel,
-                        inc_folder,
-                        true,
-                        depth + 1,
-                        tree,
-                        sel,
-                        out,
-                    )?;
+                    expand(&text, &rel, inc_folder, true, depth + 1, tree, sel, out)?;
                 }
                 None => sel.notes.push(format!(
                     "{origin}: `{line}` skipped: no such file in the repository"
@@ -738,8 +729,11 @@ pub fn with_git_credentials(line: &str, creds: &GitCredentials) -> String {
     if !host_matches(&url_part, creds.host.as_deref()) {
         return line.to_string();
     }
-    let https = translate_url(&url_part, &settings);
-    let Some(rest) = https.strip_prefix("https://") else {
+    let http = translate_url(&url_part, &settings);
+    let Some((scheme, rest)) = ["https://", "http://"]
+        .iter()
+        .find_map(|s| http.strip_prefix(s).map(|r| (*s, r)))
+    else {
         return line.to_string();
     };
     let authority = rest.split('/').next().unwrap_or("");
@@ -747,7 +741,7 @@ pub fn with_git_credentials(line: &str, creds: &GitCredentials) -> String {
         return line.to_string();
     }
     let new_url = format!(
-        "git+https://{}:{}@{rest}{frag}",
+        "git+{scheme}{}:{}@{rest}{frag}",
         percent_encode(user),
         percent_encode(pass)
     );
@@ -793,6 +787,15 @@ pub fn restore_freeze(
         .filter(|l| matches!(classify(l), ReqKind::Vcs | ReqKind::Url))
         .map(|l| (url_identity(target(l)), l))
         .collect();
+    let local: Vec<(String, &String)> = originals
+        .iter()
+        .filter(|l| classify(l) == (ReqKind::Local { relative: true }))
+        .map(|l| {
+            let t = target(l).trim_start_matches("./").trim_end_matches('/');
+            (format!("/{t}"), l)
+        })
+        .filter(|(suffix, _)| suffix.len() > 1)
+        .collect();
     let mut out: Vec<String> = Vec::new();
     for line in freeze {
         let l = line.trim();
@@ -803,11 +806,25 @@ pub fn restore_freeze(
         if let Some((file, url)) = cached.iter().find(|(f, _)| l.contains(f.as_str())) {
             restored = l.replace(file.as_str(), url);
         }
-        if matches!(classify(&restored), ReqKind::Vcs | ReqKind::Url) {
-            let id = url_identity(target(&restored));
-            if let Some((_, orig)) = direct.iter().find(|(oid, _)| *oid == id) {
-                restored = (*orig).clone();
+        match classify(&restored) {
+            ReqKind::Vcs | ReqKind::Url => {
+                let id = url_identity(target(&restored));
+                if let Some((_, orig)) = direct.iter().find(|(oid, _)| *oid == id) {
+                    restored = (*orig).clone();
+                }
             }
+            // `-e file:///checkout/pkg` was `-e ./pkg`: the checkout's path means nothing
+            // on another machine.
+            ReqKind::Local { .. } => {
+                let t = target(&restored).trim_end_matches('/').to_string();
+                if let Some((_, orig)) = local
+                    .iter()
+                    .find(|(suffix, _)| t.ends_with(suffix.as_str()))
+                {
+                    restored = (*orig).clone();
+                }
+            }
+            ReqKind::Named => {}
         }
         out.push(strip_url_credentials(&restored));
     }
@@ -1221,8 +1238,10 @@ mod tests {
             "pip==23.0",
             "r @ git+https://github.com/o/r.git@main",
             "https://files.example/wheels/w-1.0-py3-none-any.whl",
+            "-e ./libs/mine",
         ]);
         let freeze = s(&[
+            "-e file:///runs/t.1/code/libs/mine",
             "clearml-agent==3.0.3",
             "r @ git+https://bob:secret@github.com/o/r.git@0123abcd",
             "six==1.16.0",
@@ -1238,6 +1257,7 @@ mod tests {
             out,
             s(&[
                 "pip==23.0",
+                "-e ./libs/mine",
                 "r @ git+https://github.com/o/r.git@main",
                 "six==1.16.0",
                 "https://files.example/wheels/w-1.0-py3-none-any.whl",

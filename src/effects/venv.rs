@@ -818,10 +818,10 @@ pub(super) fn ensure_tool(
         return Ok(exe);
     }
     log(&format!(
-        "{} is not on PATH: installing {} into {}",
+        "{} is not on PATH: installing it into {} ({})",
         spec.exe,
-        spec.requirement,
-        dir.display()
+        dir.display(),
+        spec.requirement
     ));
     let unavailable = |detail: String| {
         if spec.exe == "uv" {
@@ -1533,6 +1533,7 @@ impl Installer<'_> {
         cmd.args(&self.opts.extra_pip_flags);
         cmd.arg("-r").arg(&file.0);
         let command = describe(&cmd);
+        log(&format!("Running: {command}"));
         let install_failed = |key_error: String, stderr_tail: String| EnvError::Install {
             manager: self.spec.manager,
             step: step.to_string(),
