@@ -12,6 +12,7 @@ pub mod python;
 pub mod requirements;
 pub mod simulated;
 pub mod supervisor;
+pub mod task_env;
 pub mod vcs;
 pub mod venv;
 
