@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use serde_json::{Map, Value};
 
-use super::env_plan::{bool_env, bool_key, str_key};
+use super::env_plan::{bool_env, bool_key};
 use crate::api::{ApiClient, ApiError};
 use crate::config::Config;
 
