@@ -3,6 +3,8 @@
 pub mod daemon;
 pub mod effects;
 pub mod gpu;
+pub mod init;
+pub mod list;
 pub mod logship;
 pub mod preemption;
 pub mod settings;
