@@ -41,6 +41,10 @@ enum Command {
     Supervise(SuperviseArgs),
     /// Run the embedded ClearML-compatible server (REST API and files server) on its own store.
     Server(ServerArgs),
+    /// Write ~/clearml.conf: paste the web app's credentials, confirm hosts, verify, git and index settings.
+    Init(clearml_agent::agent::init::InitArgs),
+    /// List the workers registered at the server.
+    List(clearml_agent::agent::list::ListArgs),
     /// Drive one run with simulated effects (for the crash harness and fixtures).
     #[command(hide = true, name = "simulate-run")]
     SimulateRun(SimulateArgs),
@@ -262,6 +266,8 @@ fn run(cli: Cli) -> Result<i32> {
             clearml_agent::agent::daemon::execute(settings, &args.id, args.clone)
         }
         Command::Config(args) => print_config(args),
+        Command::Init(args) => clearml_agent::agent::init::run(args),
+        Command::List(args) => clearml_agent::agent::list::run(args),
         Command::Supervise(args) => Ok(clearml_agent::effects::supervisor::supervise(
             &args.run_dir,
             &args.argv,

@@ -7,6 +7,8 @@ pub mod gpu;
 pub mod gpu_monitor;
 pub mod gpu_select;
 pub mod gpu_slots;
+pub mod init;
+pub mod list;
 pub mod logship;
 pub mod preemption;
 pub mod schedule;

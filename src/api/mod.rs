@@ -30,7 +30,7 @@ mod settings;
 mod wire;
 
 pub use error::ApiError;
-pub use settings::{ApiSettings, HttpMethod};
+pub use settings::{ApiSettings, HttpMethod, TlsOptions};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -101,7 +101,23 @@ impl ApiClient {
                 headers.insert("X-ClearML-Worker", v);
             }
         }
-        let http = Client::builder()
+        let mut builder = Client::builder();
+        if let (true, Some(path)) = (settings.verify_tls, &settings.ca_bundle) {
+            let bad = |reason: String| ApiError::Config {
+                field: "ca_bundle",
+                reason: format!("{}: {reason}", path.display()),
+            };
+            let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(bad("no PEM certificate in it".into()));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
             .default_headers(headers)
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout.min(Duration::from_secs(30)))

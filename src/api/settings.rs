@@ -75,6 +75,61 @@ pub struct ApiSettings {
     pub token_expiration_sec: Option<u64>,
     /// Verify the server's TLS certificate (`CLEARML_API_HOST_VERIFY_CERT`).
     pub verify_tls: bool,
+    /// PEM bundle of extra trusted CAs (see [`TlsOptions::resolve`]).
+    pub ca_bundle: Option<std::path::PathBuf>,
+}
+
+/// TLS verification as the Python clients read it (`backend_api/utils.py`:
+/// `session.verify = CLEARML_API_HOST_VERIFY_CERT or api.verify_certificate`, which requests
+/// takes as a bool or a CA bundle path, and then `REQUESTS_CA_BUNDLE` / `CURL_CA_BUNDLE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsOptions {
+    pub verify: bool,
+    pub ca_bundle: Option<std::path::PathBuf>,
+}
+
+impl TlsOptions {
+    /// From the config value `api.verify_certificate` (a bool, "true"/"false", or a path to
+    /// a CA bundle) and the environment (`CLEARML_API_HOST_VERIFY_CERT` /
+    /// `TRAINS_API_HOST_VERIFY_CERT` win for on/off; without a bundle from the config,
+    /// `REQUESTS_CA_BUNDLE`, then `CURL_CA_BUNDLE`, then `SSL_CERT_FILE` name one). The caller
+    /// reads both; this module does not.
+    pub fn resolve(
+        verify_certificate: Option<&serde_json::Value>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> TlsOptions {
+        use serde_json::Value;
+        let flag = |s: &str| match s.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Some(true),
+            "0" | "false" | "no" | "off" => Some(false),
+            _ => None,
+        };
+        let (mut verify, mut bundle) = match verify_certificate {
+            Some(Value::Bool(b)) => (*b, None),
+            Some(Value::String(s)) => match flag(s) {
+                Some(b) => (b, None),
+                None if !s.trim().is_empty() => (true, Some(crate::config::expand_home(s.trim()))),
+                None => (true, None),
+            },
+            _ => (true, None),
+        };
+        if let Some(b) = env("CLEARML_API_HOST_VERIFY_CERT")
+            .or_else(|| env("TRAINS_API_HOST_VERIFY_CERT"))
+            .and_then(|v| flag(&v))
+        {
+            verify = b;
+        }
+        if verify && bundle.is_none() {
+            bundle = ["REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE"]
+                .iter()
+                .find_map(|k| env(k).filter(|v| !v.trim().is_empty()))
+                .map(std::path::PathBuf::from);
+        }
+        TlsOptions {
+            verify,
+            ca_bundle: if verify { bundle } else { None },
+        }
+    }
 }
 
 impl Default for ApiSettings {
@@ -93,6 +148,7 @@ impl Default for ApiSettings {
             token_refresh_threshold: Duration::from_secs(60),
             token_expiration_sec: None,
             verify_tls: true,
+            ca_bundle: None,
         }
     }
 }
@@ -115,6 +171,7 @@ impl fmt::Debug for ApiSettings {
             .field("token_refresh_threshold", &self.token_refresh_threshold)
             .field("token_expiration_sec", &self.token_expiration_sec)
             .field("verify_tls", &self.verify_tls)
+            .field("ca_bundle", &self.ca_bundle)
             .finish()
     }
 }
@@ -301,6 +358,50 @@ mod tests {
             ..d()
         };
         assert!(token_only.validate().is_ok());
+    }
+
+    #[test]
+    fn tls_options_as_the_python_clients_read_them() {
+        use serde_json::json;
+        let none = |_: &str| None;
+        let r = TlsOptions::resolve;
+        assert_eq!(
+            r(None, &none),
+            TlsOptions {
+                verify: true,
+                ca_bundle: None
+            }
+        );
+        assert!(!r(Some(&json!(false)), &none).verify);
+        assert!(!r(Some(&json!("False")), &none).verify);
+        assert_eq!(
+            r(Some(&json!("/etc/ca.pem")), &none),
+            TlsOptions {
+                verify: true,
+                ca_bundle: Some("/etc/ca.pem".into())
+            }
+        );
+        let env = |k: &str| match k {
+            "CLEARML_API_HOST_VERIFY_CERT" => Some("0".to_string()),
+            _ => None,
+        };
+        assert_eq!(
+            r(Some(&json!("/etc/ca.pem")), &env),
+            TlsOptions {
+                verify: false,
+                ca_bundle: None
+            }
+        );
+        let env = |k: &str| match k {
+            "SSL_CERT_FILE" => Some("/ssl.pem".to_string()),
+            "REQUESTS_CA_BUNDLE" => Some("/req.pem".to_string()),
+            _ => None,
+        };
+        assert_eq!(r(None, &env).ca_bundle, Some("/req.pem".into()));
+        assert_eq!(
+            r(Some(&json!("/cfg.pem")), &env).ca_bundle,
+            Some("/cfg.pem".into())
+        );
     }
 
     #[test]

@@ -5,10 +5,16 @@
 //! a handler must be able to tell whether its effect already happened (clone dir at the
 //! expected commit, venv completion marker, supervisor exit file) instead of redoing it.
 
+pub mod custom_build;
 pub mod docker;
+pub mod env_plan;
 pub mod pep440;
+pub mod project;
+pub mod python;
+pub mod requirements;
 pub mod simulated;
 pub mod supervisor;
+pub mod task_env;
 pub mod torch;
 pub mod vcs;
 pub mod venv;

@@ -38,6 +38,15 @@
 //! rather than rewrite them in place, so a task that installs more packages into its venv
 //! leaves the shared inodes, and so the cached copy, alone; a task that edits an installed
 //! file in place would change the cached copy too.
+//!
+//! # What gets installed
+//! [`build_with`] takes the requirement groups [`super::requirements::select`] chose and runs
+//! the installer calls [`super::requirements::plan`] orders (priority packages alone, the main
+//! step, post packages alone, then VCS/local ones with git credentials), with
+//! `extra_pip_install_flags`, a pinned pip (`pip_version`) and the URL download cache; or, in
+//! project mode ([`super::project`]), `poetry install` / `uv sync` against the repository's
+//! lock files, into the same per-run venv. [`build`] is [`build_with`] with default options
+//! (one group from `EnvSpec::requirements`).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -53,6 +62,11 @@ use fs2::FileExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::project::ProjectEnv;
+use super::requirements::{
+    canonical_name, classify, plan, strip_comment, with_git_credentials, GitCredentials,
+    InstallStep, ReqGroup, ReqKind, RequirementsPolicy, StepKind,
+};
 use crate::redact::redact_urls;
 
 /// Completion marker at the root of a finished venv (JSON, see [`MarkerData`]).
@@ -89,15 +103,18 @@ impl fmt::Display for Manager {
 /// What environment a task needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnvSpec {
-    /// Interpreter to base the venv on: "python3", "python3.11" or a path.
+    /// Interpreter to base the venv on: a version ("3.10", tried as `python3.10`, `python3`,
+    /// `python`, see [`super::python`]), a name ("python3.11", the same chain) or a path.
     pub python: String,
     /// Requirement lines; blanks and `#` comments are ignored, inline comments stripped.
     pub requirements: Vec<String>,
     pub manager: Manager,
     pub extra_index_urls: Vec<String>,
-    /// Installed first, in their own step.
+    /// `agent.package_manager.priority_packages`: names of the requested packages installed
+    /// first, each alone (upstream's meaning: nothing is added). Empty: upstream's default.
     pub priority_packages: Vec<String>,
-    /// Installed last, in their own step.
+    /// `agent.package_manager.post_packages`: names of the requested packages installed last,
+    /// each alone. Empty: upstream's default (horovod).
     pub post_packages: Vec<String>,
     /// Pass `--upgrade` to the installer.
     pub force_upgrade: bool,
@@ -151,12 +168,54 @@ pub struct EnvOutcome {
     /// Freeze lines (`name==version`).
     pub installed: Vec<String>,
     pub seconds: f64,
+    /// Relative local requirements (`-e .`) left for [`install_local`] after the checkout
+    /// (the build had no [`InstallOptions::checkout`]).
+    pub deferred: Vec<String>,
+    /// URL requirements installed from the download cache: (file URI, original URL), for
+    /// [`super::requirements::restore_freeze`].
+    pub downloads: Vec<(String, String)>,
+}
+
+/// How packages are installed beyond [`EnvSpec`] (all default to the old behaviour).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InstallOptions {
+    /// The groups [`super::requirements::select`] chose; `None`: `EnvSpec::requirements`.
+    pub groups: Option<Vec<ReqGroup>>,
+    /// Pip options from the requirements (`--pre`, `--trusted-host h`), for the main steps.
+    pub requirement_options: Vec<String>,
+    /// `agent.package_manager.priority_optional_packages` (empty: upstream's default).
+    pub priority_optional_packages: Vec<String>,
+    /// `agent.package_manager.post_optional_packages`.
+    pub post_optional_packages: Vec<String>,
+    /// `agent.package_manager.extra_pip_install_flags` / `CLEARML_EXTRA_PIP_INSTALL_FLAGS`,
+    /// added to every install call.
+    pub extra_pip_flags: Vec<String>,
+    /// `agent.package_manager.pip_version`: requirement specs for pip itself
+    /// (`"<22.3 ; python_version >= '3.10'"`, `"==23.1"`), installed into the venv before
+    /// anything else. Empty: the venv's pip is left as it is.
+    pub pip_version: Vec<String>,
+    /// `agent.pip_download_cache.path/<cpu|cuNNN>` when enabled: URL requirements are
+    /// downloaded there once and installed from the file.
+    pub download_cache: Option<PathBuf>,
+    /// Credentials for `git+https` requirements (`agent.git_user`/`git_pass`/`git_host`).
+    pub git: GitCredentials,
+    /// The checkout (the installer's working dir, where `-e .` resolves); `None` before the
+    /// clone: relative local requirements are returned in [`EnvOutcome::deferred`].
+    pub checkout: Option<PathBuf>,
+    /// Poetry or `uv sync` against the repository's project files instead of the steps.
+    pub project: Option<ProjectEnv>,
+    /// Tried when `EnvSpec::python` finds no interpreter at all (upstream's fallback to
+    /// `agent.python_binary`/`default_python`).
+    pub python_fallback: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnvError {
-    #[error("python interpreter not found: {name} (not an executable file, nor found on PATH)")]
-    InterpreterNotFound { name: String },
+    #[error(
+        "python interpreter not found: {name} (not an executable file, nor found on PATH{})",
+        if tried.is_empty() { String::new() } else { format!("; tried {}", tried.join(", ")) }
+    )]
+    InterpreterNotFound { name: String, tried: Vec<String> },
     #[error("python interpreter {name} ({path}) does not work: {detail}")]
     InterpreterFailed {
         name: String,
@@ -165,6 +224,23 @@ pub enum EnvError {
     },
     #[error("uv is not on PATH and installing it into {dir} failed: {detail}")]
     UvUnavailable { dir: PathBuf, detail: String },
+    #[error("{tool} is not on PATH and installing it into {dir} failed: {detail}")]
+    ToolUnavailable {
+        tool: String,
+        dir: PathBuf,
+        detail: String,
+    },
+    #[error(
+        "{tool} failed in {dir}: {key_error}\ncommand: `{command}`\n\
+         --- output (last lines) ---\n{stderr_tail}"
+    )]
+    Project {
+        tool: String,
+        dir: PathBuf,
+        command: String,
+        key_error: String,
+        stderr_tail: String,
+    },
     #[error("creating the virtual environment failed: `{command}`\n{stderr_tail}")]
     VenvCreate {
         command: String,
@@ -211,6 +287,11 @@ impl EnvError {
         ];
         match self {
             EnvError::Install { stderr_tail, .. }
+            | EnvError::Project { stderr_tail, .. }
+            | EnvError::ToolUnavailable {
+                detail: stderr_tail,
+                ..
+            }
             | EnvError::UvUnavailable {
                 detail: stderr_tail,
                 ..
@@ -269,18 +350,6 @@ fn read_marker(venv_dir: &Path) -> Option<MarkerData> {
 // ---------------------------------------------------------------------------------------
 // Requirements and the cache key (pure)
 
-/// Strip a pip-style comment: `#` at the start or after whitespace (so `url#sha256=` stays).
-fn strip_comment(line: &str) -> &str {
-    let mut prev_space = true;
-    for (i, c) in line.char_indices() {
-        if c == '#' && prev_space {
-            return &line[..i];
-        }
-        prev_space = c.is_whitespace();
-    }
-    line
-}
-
 /// Requirement lines without comments and blanks, trimmed, in their original order.
 pub fn clean_requirements(lines: &[String]) -> Vec<String> {
     lines
@@ -290,24 +359,6 @@ pub fn clean_requirements(lines: &[String]) -> Vec<String> {
         .filter(|l| !l.is_empty())
         .map(str::to_string)
         .collect()
-}
-
-/// PEP 503 name: lowercase, runs of `-_.` become one `-`.
-fn canonical_name(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    let mut sep = false;
-    for c in name.chars() {
-        if matches!(c, '-' | '_' | '.') {
-            sep = true;
-        } else {
-            if sep && !out.is_empty() {
-                out.push('-');
-            }
-            sep = false;
-            out.push(c.to_ascii_lowercase());
-        }
-    }
-    out
 }
 
 /// One requirement line in the form the cache key uses, so that spelling differences
@@ -386,19 +437,47 @@ fn sorted_normalized(lines: &[String]) -> Vec<String> {
     v
 }
 
-/// The cache key of `spec` built on an interpreter that reports `python_version`.
+/// The cache key of `spec` built on an interpreter that reports `python_version`, with
+/// default [`InstallOptions`].
 pub fn cache_key(spec: &EnvSpec, python_version: &str) -> String {
+    cache_key_with(spec, &InstallOptions::default(), python_version)
+}
+
+/// The installer calls for `spec` and `opts`, in order.
+pub fn install_steps(spec: &EnvSpec, opts: &InstallOptions) -> Vec<InstallStep> {
+    let groups = opts.groups.clone().unwrap_or_else(|| {
+        vec![ReqGroup {
+            origin: "requirements".into(),
+            lines: clean_requirements(&spec.requirements),
+        }]
+    });
+    let policy = RequirementsPolicy {
+        priority_packages: spec.priority_packages.clone(),
+        post_packages: spec.post_packages.clone(),
+        priority_optional_packages: opts.priority_optional_packages.clone(),
+        post_optional_packages: opts.post_optional_packages.clone(),
+        ..RequirementsPolicy::default()
+    };
+    plan(&groups, &policy)
+}
+
+/// The cache key: everything that makes the environment what it is. The main step's lines
+/// are sorted and normalized (their order and spelling do not change the result); the
+/// order of steps and their kinds do.
+pub fn cache_key_with(spec: &EnvSpec, opts: &InstallOptions, python_version: &str) -> String {
     #[derive(Serialize)]
     struct KeyInput<'a> {
         format: u32,
         python_version: &'a str,
         manager: Manager,
-        requirements: Vec<String>,
-        priority_packages: Vec<String>,
-        post_packages: Vec<String>,
+        steps: Vec<(StepKind, Vec<String>, bool)>,
+        requirement_options: &'a [String],
+        extra_pip_flags: &'a [String],
+        pip_version: &'a [String],
         extra_index_urls: Vec<String>,
         system_site_packages: bool,
         cuda_version: Option<&'a str>,
+        project: Option<String>,
     }
     let mut urls: Vec<String> = spec
         .extra_index_urls
@@ -408,13 +487,28 @@ pub fn cache_key(spec: &EnvSpec, python_version: &str) -> String {
         .collect();
     urls.sort();
     urls.dedup();
+    let steps = match &opts.project {
+        Some(_) => Vec::new(),
+        None => install_steps(spec, opts)
+            .into_iter()
+            .map(|s| {
+                let lines = if s.kind == StepKind::Main {
+                    sorted_normalized(&s.lines)
+                } else {
+                    s.lines.iter().map(|l| normalize_requirement(l)).collect()
+                };
+                (s.kind, lines, s.optional)
+            })
+            .collect(),
+    };
     let input = KeyInput {
-        format: 1,
+        format: 2,
         python_version: python_version.trim(),
         manager: spec.manager,
-        requirements: sorted_normalized(&spec.requirements),
-        priority_packages: sorted_normalized(&spec.priority_packages),
-        post_packages: sorted_normalized(&spec.post_packages),
+        steps,
+        requirement_options: &opts.requirement_options,
+        extra_pip_flags: &opts.extra_pip_flags,
+        pip_version: &opts.pip_version,
         extra_index_urls: urls,
         system_site_packages: spec.system_site_packages,
         cuda_version: spec
@@ -422,6 +516,7 @@ pub fn cache_key(spec: &EnvSpec, python_version: &str) -> String {
             .as_deref()
             .map(str::trim)
             .filter(|s| !s.is_empty()),
+        project: opts.project.as_ref().and_then(ProjectEnv::identity),
     };
     let text = serde_json::to_vec(&input).expect("key input serializes");
     let digest = Sha256::digest(&text);
@@ -457,7 +552,7 @@ pub fn select_over_limit(
 
 /// A command with an environment that does not leak the agent's own Python settings into
 /// the installer (the Python agent drops PYTHONPATH for pip too).
-fn tool(program: impl AsRef<std::ffi::OsStr>) -> Command {
+pub(super) fn tool(program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut c = Command::new(program);
     c.env_remove("PYTHONPATH")
         .env_remove("PYTHONHOME")
@@ -471,7 +566,7 @@ fn tool(program: impl AsRef<std::ffi::OsStr>) -> Command {
 }
 
 /// The command line as text, with credentials in URLs masked.
-fn describe(cmd: &Command) -> String {
+pub(super) fn describe(cmd: &Command) -> String {
     let mut s = cmd.get_program().to_string_lossy().into_owned();
     for a in cmd.get_args() {
         s.push(' ');
@@ -480,14 +575,14 @@ fn describe(cmd: &Command) -> String {
     redact_urls(&s)
 }
 
-struct Ran {
-    status: ExitStatus,
+pub(super) struct Ran {
+    pub(super) status: ExitStatus,
     /// Both streams interleaved as received, the last [`KEPT_LINES`].
-    lines: VecDeque<String>,
+    pub(super) lines: VecDeque<String>,
 }
 
 /// Run `cmd`, passing each output line (masked) to `log` as it comes.
-fn run_logged(cmd: &mut Command, log: &mut dyn FnMut(&str)) -> io::Result<Ran> {
+pub(super) fn run_logged(cmd: &mut Command, log: &mut dyn FnMut(&str)) -> io::Result<Ran> {
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
     let (tx, rx) = mpsc::channel::<String>();
     // `log` is not Send, so readers forward lines to this thread.
@@ -547,7 +642,7 @@ fn run_logged(cmd: &mut Command, log: &mut dyn FnMut(&str)) -> io::Result<Ran> {
 }
 
 /// The last [`TAIL_LINES`] non-blank lines, each cut to a bounded length.
-fn tail(lines: &VecDeque<String>) -> String {
+pub(super) fn tail(lines: &VecDeque<String>) -> String {
     let nonblank: Vec<&String> = lines.iter().filter(|l| !l.trim().is_empty()).collect();
     let start = nonblank.len().saturating_sub(TAIL_LINES);
     nonblank[start..]
@@ -608,7 +703,7 @@ pub fn key_error_lines(lines: &[String]) -> Vec<String> {
 
 /// Resolve `name` the way a shell would: a path if it has a slash, else the first
 /// executable file of that name on PATH.
-fn find_executable(name: &str) -> Option<PathBuf> {
+pub(super) fn find_executable(name: &str) -> Option<PathBuf> {
     let is_exe = |p: &Path| {
         p.metadata()
             .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -624,16 +719,17 @@ fn find_executable(name: &str) -> Option<PathBuf> {
         .find(|p| is_exe(p))
 }
 
-struct Interpreter {
+pub(super) struct Interpreter {
     /// The real interpreter (`sys.executable`), not a pyenv shim.
-    executable: PathBuf,
-    version: String,
+    pub(super) executable: PathBuf,
+    pub(super) version: String,
 }
 
-fn find_interpreter(name: &str) -> Result<Interpreter, EnvError> {
+pub(super) fn find_interpreter(name: &str) -> Result<Interpreter, EnvError> {
     let name = name.trim();
     let path = find_executable(name).ok_or_else(|| EnvError::InterpreterNotFound {
         name: name.to_string(),
+        tried: Vec::new(),
     })?;
     let failed = |detail: String| EnvError::InterpreterFailed {
         name: name.to_string(),
@@ -668,45 +764,78 @@ fn find_interpreter(name: &str) -> Result<Interpreter, EnvError> {
     }
 }
 
-fn uv_works(uv: &Path) -> bool {
-    uv.is_file()
-        && tool(uv)
+fn tool_works(exe: &Path) -> bool {
+    exe.is_file()
+        && tool(exe)
             .arg("--version")
             .output()
             .map(|o| o.status.success())
             .unwrap_or(false)
 }
 
-/// uv from PATH, else from `<tools_dir>/uv-venv`, installing it there with pip if needed.
-fn ensure_uv(
+/// A command-line tool the agent installs from PyPI when it is missing (uv, poetry).
+pub(super) struct ToolSpec<'a> {
+    /// The executable's name (on PATH and in the tool venv's `bin/`).
+    pub(super) exe: &'a str,
+    /// What `pip install` gets (`uv`, `poetry==1.8.3`).
+    pub(super) requirement: String,
+    /// Use the one on PATH when there is one (no specific version asked for).
+    pub(super) accept_path: bool,
+}
+
+/// `spec.exe` from PATH, else from `<tools_dir>/<exe>-venv` (a separate venv per requirement),
+/// installing it there with pip if needed.
+pub(super) fn ensure_tool(
     settings: &EnvSettings,
     python: &Path,
+    spec: &ToolSpec,
     log: &mut dyn FnMut(&str),
 ) -> Result<PathBuf, EnvError> {
-    if let Some(uv) = find_executable("uv") {
-        return Ok(uv);
+    if spec.accept_path {
+        if let Some(exe) = find_executable(spec.exe) {
+            return Ok(exe);
+        }
     }
-    let dir = settings.tools_dir.join("uv-venv");
-    let uv = dir.join("bin").join("uv");
-    if uv_works(&uv) {
-        return Ok(uv);
+    let name = if spec.requirement == spec.exe {
+        format!("{}-venv", spec.exe)
+    } else {
+        let digest = Sha256::digest(spec.requirement.as_bytes());
+        let short: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+        format!("{}-venv-{short}", spec.exe)
+    };
+    let dir = settings.tools_dir.join(&name);
+    let exe = dir.join("bin").join(spec.exe);
+    if tool_works(&exe) {
+        return Ok(exe);
     }
     fs::create_dir_all(&settings.tools_dir)
         .map_err(io_err(format!("creating {}", settings.tools_dir.display())))?;
-    let lock_path = settings.tools_dir.join("uv-venv.lock");
+    let lock_path = settings.tools_dir.join(format!("{name}.lock"));
     let lock = open_lock(&lock_path)?;
     FileExt::lock_exclusive(&lock).map_err(io_err(format!("locking {}", lock_path.display())))?;
-    if uv_works(&uv) {
+    if tool_works(&exe) {
         // Another agent installed it while this one waited.
-        return Ok(uv);
+        return Ok(exe);
     }
     log(&format!(
-        "uv is not on PATH: installing it into {}",
-        dir.display()
+        "{} is not on PATH: installing it into {} ({})",
+        spec.exe,
+        dir.display(),
+        spec.requirement
     ));
-    let unavailable = |detail: String| EnvError::UvUnavailable {
-        dir: dir.clone(),
-        detail,
+    let unavailable = |detail: String| {
+        if spec.exe == "uv" {
+            EnvError::UvUnavailable {
+                dir: dir.clone(),
+                detail,
+            }
+        } else {
+            EnvError::ToolUnavailable {
+                tool: spec.exe.to_string(),
+                dir: dir.clone(),
+                detail,
+            }
+        }
     };
     if dir.exists() {
         // A half-made install from a crash or a broken one: start over.
@@ -715,7 +844,7 @@ fn ensure_uv(
     let mut mk = tool(python);
     mk.arg("-m").arg("venv").arg(&dir);
     let mut pip = tool(dir.join("bin").join("python"));
-    pip.args(["-m", "pip", "install", "uv"]);
+    pip.args(["-m", "pip", "install", &spec.requirement]);
     for cmd in [&mut mk, &mut pip] {
         let text = describe(cmd);
         let ran = run_logged(cmd, log).map_err(|e| unavailable(format!("`{text}`: {e}")))?;
@@ -727,10 +856,24 @@ fn ensure_uv(
             )));
         }
     }
-    if !uv_works(&uv) {
-        return Err(unavailable(format!("{} does not run", uv.display())));
+    if !tool_works(&exe) {
+        return Err(unavailable(format!("{} does not run", exe.display())));
     }
-    Ok(uv)
+    Ok(exe)
+}
+
+/// uv from PATH, else from `<tools_dir>/uv-venv`, installing it there with pip if needed.
+pub(super) fn ensure_uv(
+    settings: &EnvSettings,
+    python: &Path,
+    log: &mut dyn FnMut(&str),
+) -> Result<PathBuf, EnvError> {
+    let spec = ToolSpec {
+        exe: "uv",
+        requirement: "uv".into(),
+        accept_path: true,
+    };
+    ensure_tool(settings, python, &spec, log)
 }
 
 fn freeze_lines(stdout: &[u8]) -> Vec<String> {
@@ -886,17 +1029,26 @@ fn open_lock(path: &Path) -> Result<File, EnvError> {
 // ---------------------------------------------------------------------------------------
 // Build
 
-/// A requirements file in the temp dir, removed when dropped.
+/// A requirements file in the temp dir (mode 0600: it may hold git credentials), removed
+/// when dropped.
 struct ReqFile(PathBuf);
 
 impl ReqFile {
     fn new(step: &str, lines: &[String]) -> Result<Self, EnvError> {
+        use std::os::unix::fs::OpenOptionsExt;
         let path = std::env::temp_dir().join(format!(
             "clearml-requirements-{}-{step}.txt",
             unique_suffix()
         ));
-        fs::write(&path, lines.join("\n") + "\n")
-            .map_err(io_err(format!("writing {}", path.display())))?;
+        let write = || -> io::Result<()> {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)?;
+            f.write_all((lines.join("\n") + "\n").as_bytes())
+        };
+        write().map_err(io_err(format!("writing {}", path.display())))?;
         Ok(ReqFile(path))
     }
 }
@@ -915,38 +1067,82 @@ pub fn build(
     venv_dir: &Path,
     log: &mut dyn FnMut(&str),
 ) -> Result<EnvOutcome, EnvError> {
+    build_with(settings, spec, &InstallOptions::default(), venv_dir, log)
+}
+
+/// Why an environment with these steps cannot be cached by its description.
+fn steps_uncacheable(steps: &[InstallStep], opts: &InstallOptions) -> Option<String> {
+    if let Some(p) = &opts.project {
+        return p.identity().is_none().then(|| {
+            format!(
+                "{} installs the project itself from {}",
+                p.kind,
+                p.dir.display()
+            )
+        });
+    }
+    let all: Vec<String> = steps.iter().flat_map(|s| s.lines.clone()).collect();
+    uncacheable_reason(&all)
+}
+
+/// [`build`] with the upstream install options (see [`InstallOptions`]).
+pub fn build_with(
+    settings: &EnvSettings,
+    spec: &EnvSpec,
+    opts: &InstallOptions,
+    venv_dir: &Path,
+    log: &mut dyn FnMut(&str),
+) -> Result<EnvOutcome, EnvError> {
     let start = Instant::now();
-    let interp = find_interpreter(&spec.python)?;
+    let interp = super::python::find_python(&spec.python, opts.python_fallback.as_deref(), log)?;
     // Absolute, because venv tools write this path into scripts, and the cache rewrites it.
     let venv_dir = std::path::absolute(venv_dir)
         .map_err(io_err(format!("resolving {}", venv_dir.display())))?;
-    let steps = [
-        ("priority", clean_requirements(&spec.priority_packages)),
-        ("main", clean_requirements(&spec.requirements)),
-        ("post", clean_requirements(&spec.post_packages)),
-    ];
-    let all: Vec<String> = steps.iter().flat_map(|(_, l)| l.clone()).collect();
-    log(&format!(
-        "Python environment with {}: python {} ({}), {} packages requested",
-        spec.manager,
-        interp.version,
-        interp.executable.display(),
-        all.len()
-    ));
+    let steps = install_steps(spec, opts);
+    let requested: usize = opts
+        .groups
+        .as_ref()
+        .map(|g| g.iter().map(|g| g.lines.len()).sum())
+        .unwrap_or_else(|| clean_requirements(&spec.requirements).len());
+    match &opts.project {
+        Some(p) => log(&format!(
+            "Python environment with {}: python {} ({}), from {} in {}",
+            p.kind,
+            interp.version,
+            interp.executable.display(),
+            p.kind.files(),
+            p.dir.display()
+        )),
+        None => log(&format!(
+            "Python environment with {}: python {} ({}), {requested} packages requested",
+            spec.manager,
+            interp.version,
+            interp.executable.display(),
+        )),
+    }
 
     let no_cache = if !settings.cache_enabled {
         Some("the cache is disabled".to_string())
-    } else if all.is_empty() {
+    } else if opts.project.is_none() && steps.is_empty() {
         Some("no packages requested".to_string())
     } else {
-        uncacheable_reason(&all)
+        steps_uncacheable(&steps, opts)
+    };
+    let job = Job {
+        settings,
+        spec,
+        opts,
+        interp: &interp,
+        steps: &steps,
+        venv_dir: &venv_dir,
+        start,
     };
     if let Some(why) = no_cache {
         log(&format!("Environment cache not used: {why}"));
-        return build_fresh(settings, spec, &interp, &steps, &venv_dir, None, start, log);
+        return job.build_fresh(None, log);
     }
 
-    let key = cache_key(spec, &interp.version);
+    let key = cache_key_with(spec, opts, &interp.version);
     let cache_dir = &settings.cache_dir;
     fs::create_dir_all(cache_dir).map_err(io_err(format!("creating {}", cache_dir.display())))?;
     let lock_path = cache_dir.join(format!("{key}.lock"));
@@ -973,16 +1169,7 @@ pub fn build(
     if let Some(out) = try_hit(settings, spec, &interp, &key, &venv_dir, start, log) {
         return Ok(out);
     }
-    let outcome = build_fresh(
-        settings,
-        spec,
-        &interp,
-        &steps,
-        &venv_dir,
-        Some(&key),
-        start,
-        log,
-    )?;
+    let outcome = job.build_fresh(Some(&key), log)?;
     // The run has its venv either way: a cache that cannot be written is only a warning.
     match store(cache_dir, &key, &venv_dir) {
         Ok(entry) => log(&format!(
@@ -1054,6 +1241,8 @@ fn try_hit(
                 cache_hit: true,
                 installed,
                 seconds,
+                deferred: Vec::new(),
+                downloads: Vec::new(),
             })
         }
         Err(e) => {
@@ -1065,99 +1254,288 @@ fn try_hit(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn build_fresh(
-    settings: &EnvSettings,
-    spec: &EnvSpec,
-    interp: &Interpreter,
-    steps: &[(&str, Vec<String>)],
-    venv_dir: &Path,
-    key: Option<&str>,
+/// One environment build: what [`build_with`] resolved, for the fresh-build path.
+struct Job<'a> {
+    settings: &'a EnvSettings,
+    spec: &'a EnvSpec,
+    opts: &'a InstallOptions,
+    interp: &'a Interpreter,
+    steps: &'a [InstallStep],
+    venv_dir: &'a Path,
     start: Instant,
-    log: &mut dyn FnMut(&str),
-) -> Result<EnvOutcome, EnvError> {
-    remove_dir_if_exists(venv_dir)?;
-    if let Some(parent) = venv_dir.parent() {
-        fs::create_dir_all(parent).map_err(io_err(format!("creating {}", parent.display())))?;
-    }
-    let uv = match spec.manager {
-        Manager::Uv => Some(ensure_uv(settings, &interp.executable, log)?),
-        Manager::Pip => None,
-    };
-    let mut create = match &uv {
-        Some(uv) => {
-            let mut c = tool(uv);
-            // --seed keeps pip in the venv: tasks and tools run `python -m pip`.
-            c.args(["venv", "--seed", "--python"])
-                .arg(&interp.executable);
-            c
-        }
-        None => {
-            let mut c = tool(&interp.executable);
-            c.args(["-m", "venv"]);
-            c
-        }
-    };
-    if spec.system_site_packages {
-        create.arg("--system-site-packages");
-    }
-    create.arg(venv_dir);
-    let command = describe(&create);
-    log(&format!("Creating virtual environment: {command}"));
-    let ran = run_logged(&mut create, log).map_err(|e| EnvError::VenvCreate {
-        command: command.clone(),
-        stderr_tail: e.to_string(),
-    })?;
-    if !ran.status.success() {
-        return Err(EnvError::VenvCreate {
-            command,
-            stderr_tail: format!("exited with {}\n{}", ran.status, tail(&ran.lines)),
-        });
-    }
+}
 
-    let python = venv_python(venv_dir);
-    let mut requested = 0;
-    for (step, lines) in steps.iter().filter(|(_, l)| !l.is_empty()) {
-        requested += lines.len();
-        let label = if *step == "main" {
-            String::new()
-        } else {
-            format!("{step} ")
+impl Job<'_> {
+    fn build_fresh(
+        &self,
+        key: Option<&str>,
+        log: &mut dyn FnMut(&str),
+    ) -> Result<EnvOutcome, EnvError> {
+        let (spec, venv_dir) = (self.spec, self.venv_dir);
+        remove_dir_if_exists(venv_dir)?;
+        if let Some(parent) = venv_dir.parent() {
+            fs::create_dir_all(parent).map_err(io_err(format!("creating {}", parent.display())))?;
+        }
+        let uv = match spec.manager {
+            Manager::Uv => Some(ensure_uv(self.settings, &self.interp.executable, log)?),
+            Manager::Pip => None,
         };
-        log(&redact_urls(&format!(
-            "Installing {} {label}package{} with {}: {}",
-            lines.len(),
-            if lines.len() == 1 { "" } else { "s" },
-            spec.manager,
-            lines.join(", ")
-        )));
-        let file = ReqFile::new(step, lines)?;
-        let mut cmd = match &uv {
+        let mut create = match &uv {
             Some(uv) => {
                 let mut c = tool(uv);
-                c.args(["pip", "install", "--python"]).arg(&python);
+                // --seed keeps pip in the venv: tasks and tools run `python -m pip`.
+                c.args(["venv", "--seed", "--python"])
+                    .arg(&self.interp.executable);
                 c
             }
             None => {
-                let mut c = tool(&python);
+                let mut c = tool(&self.interp.executable);
+                c.args(["-m", "venv"]);
+                c
+            }
+        };
+        if spec.system_site_packages {
+            create.arg("--system-site-packages");
+        }
+        create.arg(venv_dir);
+        let command = describe(&create);
+        log(&format!("Creating virtual environment: {command}"));
+        let ran = run_logged(&mut create, log).map_err(|e| EnvError::VenvCreate {
+            command: command.clone(),
+            stderr_tail: e.to_string(),
+        })?;
+        if !ran.status.success() {
+            return Err(EnvError::VenvCreate {
+                command,
+                stderr_tail: format!("exited with {}\n{}", ran.status, tail(&ran.lines)),
+            });
+        }
+
+        let python = venv_python(venv_dir);
+        let installer = Installer {
+            uv: uv.as_deref(),
+            python: &python,
+            spec,
+            opts: self.opts,
+        };
+        if !self.opts.pip_version.is_empty() {
+            let pins: Vec<String> = self
+                .opts
+                .pip_version
+                .iter()
+                .map(|v| pip_requirement(v))
+                .collect();
+            log(&format!(
+                "Pinning pip in the environment: {}",
+                pins.join(", ")
+            ));
+            installer.run("pip-version", &pins, true, None, log)?;
+        }
+        let mut installed_count = 0;
+        let mut deferred = Vec::new();
+        let mut downloads = Vec::new();
+        match &self.opts.project {
+            Some(project) => {
+                super::project::install(
+                    self.settings,
+                    project,
+                    &self.interp.executable,
+                    venv_dir,
+                    uv.as_deref(),
+                    &spec.extra_index_urls,
+                    log,
+                )?;
+            }
+            None => {
+                let mut dropped: Vec<(String, String)> = Vec::new();
+                for step in self.steps {
+                    if step.kind == StepKind::Local && self.opts.checkout.is_none() {
+                        log(&format!(
+                            "Deferred until the repository is checked out: {}",
+                            redact_urls(&step.lines.join(", "))
+                        ));
+                        deferred.extend(step.lines.iter().cloned());
+                        continue;
+                    }
+                    let mut lines: Vec<String> = step
+                        .lines
+                        .iter()
+                        .filter(|l| {
+                            step.kind != StepKind::Main
+                                || !dropped.iter().any(|(o, d)| *o == step.origin && d == *l)
+                        })
+                        .cloned()
+                        .collect();
+                    if step.kind == StepKind::Main {
+                        if let Some(cache) = &self.opts.download_cache {
+                            for line in lines.iter_mut() {
+                                if let Some((file, url)) = download_cached(line, cache, log) {
+                                    *line = line.replacen(&url, &file, 1);
+                                    downloads.push((file, url));
+                                }
+                            }
+                        }
+                    }
+                    if lines.is_empty() {
+                        continue;
+                    }
+                    log(&redact_urls(&format!(
+                        "Installing {} {}package{} with {} ({}): {}",
+                        lines.len(),
+                        match step.kind {
+                            StepKind::Main => String::new(),
+                            k => format!("{} ", k.label()),
+                        },
+                        if lines.len() == 1 { "" } else { "s" },
+                        spec.manager,
+                        step.origin,
+                        lines.join(", ")
+                    )));
+                    let secret_lines: Vec<String> = lines
+                        .iter()
+                        .map(|l| match classify(l) {
+                            ReqKind::Vcs => with_git_credentials(l, &self.opts.git),
+                            _ => l.clone(),
+                        })
+                        .collect();
+                    let mut file_lines = Vec::new();
+                    if step.kind == StepKind::Main {
+                        file_lines.extend(self.opts.requirement_options.iter().cloned());
+                    }
+                    file_lines.extend(secret_lines);
+                    let cwd = self.opts.checkout.as_deref();
+                    match installer.run(
+                        step.kind.label(),
+                        &file_lines,
+                        step.kind == StepKind::Main,
+                        cwd,
+                        log,
+                    ) {
+                        Ok(()) => installed_count += lines.len(),
+                        Err(e) if step.optional => {
+                            log(&format!(
+                                "Optional {} package {} failed to install, going on without it: {}",
+                                step.kind.label(),
+                                lines.join(", "),
+                                first_line(&e.to_string())
+                            ));
+                            for l in &lines {
+                                dropped.push((step.origin.clone(), l.clone()));
+                            }
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+
+        let installed = freeze(&python, spec.manager, self.settings)?;
+        write_marker(
+            venv_dir,
+            &MarkerData {
+                key: key.map(str::to_string),
+                manager: spec.manager,
+                python_version: self.interp.version.clone(),
+                installed: installed.clone(),
+            },
+        )
+        .map_err(io_err(format!(
+            "writing the marker in {}",
+            venv_dir.display()
+        )))?;
+        let seconds = self.start.elapsed().as_secs_f64();
+        match &self.opts.project {
+            Some(p) => log(&format!(
+                "Installed the {} project environment in {seconds:.1} s ({} in the environment)",
+                p.kind,
+                installed.len()
+            )),
+            None => log(&format!(
+                "Installed {installed_count} package{} with {} in {seconds:.1} s ({} in the environment)",
+                if installed_count == 1 { "" } else { "s" },
+                spec.manager,
+                installed.len()
+            )),
+        }
+        Ok(EnvOutcome {
+            venv_dir: venv_dir.to_path_buf(),
+            python,
+            python_version: self.interp.version.clone(),
+            cache_hit: false,
+            installed,
+            seconds,
+            deferred,
+            downloads,
+        })
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
+
+/// `pip_version` entries as requirements: `"<22.3 ; python_version >= '3.10'"` -> `pip<22.3 ;
+/// ...`, a bare version `"23.1"` -> `pip==23.1` (as upstream's `set_pip_version`).
+pub fn pip_requirement(version: &str) -> String {
+    let v = version.trim();
+    let v = v.strip_prefix("pip").map(str::trim_start).unwrap_or(v);
+    if v.starts_with(['=', '~', '<', '>', '!']) {
+        format!("pip{v}")
+    } else {
+        format!("pip=={v}")
+    }
+}
+
+/// Runs one installer call (pip or uv) into the venv.
+struct Installer<'a> {
+    uv: Option<&'a Path>,
+    python: &'a Path,
+    spec: &'a EnvSpec,
+    opts: &'a InstallOptions,
+}
+
+impl Installer<'_> {
+    fn run(
+        &self,
+        step: &str,
+        lines: &[String],
+        upgrade_ok: bool,
+        cwd: Option<&Path>,
+        log: &mut dyn FnMut(&str),
+    ) -> Result<(), EnvError> {
+        let file = ReqFile::new(step, lines)?;
+        let mut cmd = match self.uv {
+            Some(uv) => {
+                let mut c = tool(uv);
+                c.args(["pip", "install", "--python"]).arg(self.python);
+                c
+            }
+            None => {
+                let mut c = tool(self.python);
                 c.args(["-m", "pip", "install"]);
                 c
             }
         };
-        if spec.force_upgrade {
+        if let Some(dir) = cwd {
+            cmd.current_dir(dir);
+        }
+        if self.spec.force_upgrade || (step == "pip-version" && upgrade_ok) {
             cmd.arg("--upgrade");
         }
-        for url in spec
+        for url in self
+            .spec
             .extra_index_urls
             .iter()
             .filter(|u| !u.trim().is_empty())
         {
             cmd.arg("--extra-index-url").arg(url.trim());
         }
+        cmd.args(&self.opts.extra_pip_flags);
         cmd.arg("-r").arg(&file.0);
         let command = describe(&cmd);
+        log(&format!("Running: {command}"));
         let install_failed = |key_error: String, stderr_tail: String| EnvError::Install {
-            manager: spec.manager,
+            manager: self.spec.manager,
             step: step.to_string(),
             command: command.clone(),
             key_error,
@@ -1175,37 +1553,115 @@ fn build_fresh(
             };
             return Err(install_failed(key_error, tail(&ran.lines)));
         }
+        Ok(())
     }
+}
 
-    let installed = freeze(&python, spec.manager, settings)?;
-    write_marker(
-        venv_dir,
-        &MarkerData {
-            key: key.map(str::to_string),
-            manager: spec.manager,
-            python_version: interp.version.clone(),
-            installed: installed.clone(),
-        },
-    )
-    .map_err(io_err(format!(
-        "writing the marker in {}",
-        venv_dir.display()
-    )))?;
-    let seconds = start.elapsed().as_secs_f64();
-    log(&format!(
-        "Installed {requested} package{} with {} in {seconds:.1} s ({} in the environment)",
-        if requested == 1 { "" } else { "s" },
-        spec.manager,
-        installed.len()
-    ));
-    Ok(EnvOutcome {
-        venv_dir: venv_dir.to_path_buf(),
-        python,
-        python_version: interp.version.clone(),
-        cache_hit: false,
-        installed,
-        seconds,
-    })
+/// Where the download cache keeps the file of `url`: `<cache>/<last path segment>`.
+pub fn cached_file_for(url: &str, cache: &Path) -> Option<PathBuf> {
+    let path = url.split(['?', '#']).next()?;
+    let name = path.rsplit('/').next()?.trim();
+    (!name.is_empty() && !name.contains("..") && path.contains("://")).then(|| cache.join(name))
+}
+
+/// For a URL requirement line: the URL downloaded into `cache` (once), as (file URI, URL).
+/// `None` (the URL is installed as it is) for other lines or when the download fails.
+fn download_cached(
+    line: &str,
+    cache: &Path,
+    log: &mut dyn FnMut(&str),
+) -> Option<(String, String)> {
+    if classify(line) != ReqKind::Url {
+        return None;
+    }
+    let url = line
+        .split_once(" @ ")
+        .map(|(_, u)| u)
+        .unwrap_or(line)
+        .split(';')
+        .next()?
+        .trim()
+        .to_string();
+    let dest = cached_file_for(&url, cache)?;
+    let uri = format!("file://{}", dest.display());
+    if dest.is_file() {
+        log(&format!(
+            "Using {} from the pip download cache",
+            dest.display()
+        ));
+        return Some((uri, url));
+    }
+    log(&redact_urls(&format!(
+        "Downloading \"{url}\" to the pip download cache"
+    )));
+    let fetch = || -> Result<(), String> {
+        fs::create_dir_all(cache).map_err(|e| format!("{}: {e}", cache.display()))?;
+        let client = reqwest::blocking::Client::builder()
+            .timeout(std::time::Duration::from_secs(600))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut resp = client
+            .get(&url)
+            .send()
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| redact_urls(&e.to_string()))?;
+        let tmp = cache.join(format!(".download-{}", unique_suffix()));
+        let result = File::create(&tmp)
+            .map_err(|e| e.to_string())
+            .and_then(|mut f| resp.copy_to(&mut f).map(|_| ()).map_err(|e| e.to_string()))
+            .and_then(|()| fs::rename(&tmp, &dest).map_err(|e| e.to_string()));
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    };
+    match fetch() {
+        Ok(()) => Some((uri, url)),
+        Err(e) => {
+            log(&format!(
+                "WARNING: could not download {} to the pip download cache ({e}); installing from the URL",
+                redact_urls(&url)
+            ));
+            None
+        }
+    }
+}
+
+/// Installs relative local requirements ([`EnvOutcome::deferred`]) into a finished venv from
+/// the checkout, after the clone.
+pub fn install_local(
+    settings: &EnvSettings,
+    spec: &EnvSpec,
+    opts: &InstallOptions,
+    venv_dir: &Path,
+    checkout: &Path,
+    lines: &[String],
+    log: &mut dyn FnMut(&str),
+) -> Result<Vec<String>, EnvError> {
+    let python = venv_python(venv_dir);
+    let uv = match spec.manager {
+        Manager::Uv => Some(ensure_uv(settings, &python, log)?),
+        Manager::Pip => None,
+    };
+    let installer = Installer {
+        uv: uv.as_deref(),
+        python: &python,
+        spec,
+        opts,
+    };
+    for line in lines {
+        log(&format!(
+            "Installing local package from the checkout: {line}"
+        ));
+        installer.run(
+            "local",
+            std::slice::from_ref(line),
+            false,
+            Some(checkout),
+            log,
+        )?;
+    }
+    freeze(&python, spec.manager, settings)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1430,11 +1886,11 @@ mod tests {
                 ..a.clone()
             },
             EnvSpec {
-                priority_packages: s(&["numpy"]),
+                priority_packages: s(&["six"]),
                 ..a.clone()
             },
             EnvSpec {
-                post_packages: s(&["horovod"]),
+                post_packages: s(&["requests"]),
                 ..a.clone()
             },
             EnvSpec {
@@ -1453,10 +1909,33 @@ mod tests {
         for v in &variants {
             assert_ne!(k, cache_key(v, "3.11.7"), "{v:?}");
         }
+        // Priority/post names the task does not list change nothing (upstream: reorder only).
+        let unlisted = EnvSpec {
+            priority_packages: s(&["torch"]),
+            post_packages: s(&["horovod"]),
+            ..a.clone()
+        };
+        assert_eq!(k, cache_key(&unlisted, "3.11.7"));
+        // Install options that change the result change the key.
+        for opts in [
+            InstallOptions {
+                pip_version: s(&["<24"]),
+                ..Default::default()
+            },
+            InstallOptions {
+                extra_pip_flags: s(&["--no-binary=:all:"]),
+                ..Default::default()
+            },
+            InstallOptions {
+                requirement_options: s(&["--pre"]),
+                ..Default::default()
+            },
+        ] {
+            assert_ne!(k, cache_key_with(&a, &opts, "3.11.7"), "{opts:?}");
+        }
         // A package moved between steps is a different environment build.
         let moved = EnvSpec {
-            requirements: s(&["requests>=2"]),
-            priority_packages: s(&["six==1.16.0"]),
+            post_packages: s(&["six"]),
             ..a.clone()
         };
         assert_ne!(k, cache_key(&moved, "3.11.7"));
