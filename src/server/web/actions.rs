@@ -193,7 +193,7 @@ pub async fn task_action(
 ) -> Response {
     let authed = match check_post(&web, &headers, form.get("csrf").map(String::as_str)) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let back = safe_next(form.get("back").map(String::as_str).unwrap_or("/projects"));
     let w = web.clone();
@@ -218,7 +218,7 @@ pub async fn queue_action(
 ) -> Response {
     let authed = match check_post(&web, &headers, form.get("csrf").map(String::as_str)) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let back = safe_next(form.get("back").map(String::as_str).unwrap_or("/queues"));
     let w = web.clone();

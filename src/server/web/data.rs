@@ -253,9 +253,8 @@ impl Filter {
         }
         pairs
             .into_iter()
-            .filter(|(k, v)| {
-                !v.is_empty() && !(*k == "page" && v == "1") && !(*k == "per" && v == "100")
-            })
+            // Defaults stay out of the URL.
+            .filter(|(k, v)| !matches!((*k, v.as_str()), (_, "") | ("page", "1") | ("per", "100")))
             .map(|(k, v)| format!("{k}={}", url_seg(&v)))
             .collect::<Vec<_>>()
             .join("&")
@@ -378,7 +377,9 @@ pub struct ProjectRow {
 const COUNTED: [&str; 5] = ["in_progress", "queued", "completed", "failed", "stopped"];
 
 pub fn project_rows(docs: &Docs) -> Vec<ProjectRow> {
-    let mut counts: HashMap<&str, (usize, HashMap<&str, usize>, Option<u64>)> = HashMap::new();
+    // Per project (and `*`): tasks, tasks by status, last update.
+    type Counts<'a> = (usize, HashMap<&'a str, usize>, Option<u64>);
+    let mut counts: HashMap<&str, Counts> = HashMap::new();
     for d in docs.map(Kind::Task).values() {
         if has(d, "system_tags", "hidden") || has(d, "system_tags", "archived") {
             continue;

@@ -201,30 +201,35 @@ impl FromRequestParts<Arc<WebState>> for ApiAuthed {
     }
 }
 
+/// Why a POST was refused: answered 403 with the reason.
+pub struct Refused(&'static str);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        (
+            StatusCode::FORBIDDEN,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("Refused: {}. Reload the page and try again.", self.0),
+        )
+            .into_response()
+    }
+}
+
 /// A POST from a logged-in session whose CSRF token (form field or `X-CSRF-Token`) matches and
-/// whose `Origin`, when sent, is this host. Else 403 with a page saying why.
+/// whose `Origin`, when sent, is this host.
 pub fn check_post(
     web: &WebState,
     headers: &HeaderMap,
     form_token: Option<&str>,
-) -> Result<Authed, Response> {
-    let refuse = |why: &str| {
-        (
-            StatusCode::FORBIDDEN,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            format!("Refused: {why}. Reload the page and try again."),
-        )
-            .into_response()
-    };
+) -> Result<Authed, Refused> {
     if !same_origin(headers) {
-        return Err(refuse("the request came from another site"));
+        return Err(Refused("the request came from another site"));
     }
-    let Some(sid) = cookie_sid(headers) else {
-        return Err(refuse("not logged in"));
-    };
-    let Some((csrf, _)) = web.sessions.touch(&sid, crate::host::now_ms(), false) else {
-        return Err(refuse("the session has expired"));
-    };
+    let sid = cookie_sid(headers).ok_or(Refused("not logged in"))?;
+    let (csrf, _) = web
+        .sessions
+        .touch(&sid, crate::host::now_ms(), false)
+        .ok_or(Refused("the session has expired"))?;
     let given = form_token
         .map(str::to_string)
         .or_else(|| {
@@ -235,7 +240,7 @@ pub fn check_post(
         })
         .unwrap_or_default();
     if !constant_eq(given.as_bytes(), csrf.as_bytes()) {
-        return Err(refuse(
+        return Err(Refused(
             "the form's security token does not match this session",
         ));
     }
@@ -330,7 +335,7 @@ pub async fn logout(
 ) -> Response {
     let authed = match check_post(&web, &headers, Some(&form.csrf)) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     web.sessions.remove(&authed.sid);
     (
