@@ -267,8 +267,7 @@ fn sdk_filled_pages_and_actions_in_chromium() {
         b.count(&format!("tr[data-id=\"{}\"]", id("aborted one"))),
         1
     );
-    // A refused transition is reported, not hidden: a queued task cannot be reset... but a
-    // published one can't be enqueued. Publish the local run through the API, then try.
+    // A transition the API refuses is reported on the page: a published task cannot be enqueued.
     s.call(
         "tasks.publish",
         json!({"task": id("local run"), "force": true}),
