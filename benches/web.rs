@@ -196,7 +196,7 @@ fn main() {
         w.time("/projects/*/experiments?q=experiment%200999", 30),
     );
     row(
-        "experiments table, one project, status failed",
+        "experiments table, status filter `failed`",
         w.time("/projects/*/experiments?status=failed", 30),
     );
     row(
