@@ -170,10 +170,21 @@ fn sdk_filled_pages_and_actions_in_chromium() {
     assert!(params.contains("lr") && params.contains("0.1"), "{params}");
     b.screenshot("experiment-configuration");
     b.goto(&format!("{base}/artifacts"));
-    let href = b.attr("#artifacts a", "href").expect("a download link");
-    assert!(href.starts_with(&s.files), "{href}");
-    let body = s.http().get(&href).send().unwrap().text().unwrap();
-    assert!(body.contains("42"), "the artifact downloads: {body}");
+    let uri = b
+        .attr("#artifacts a", "data-uri")
+        .expect("the artifact's URI");
+    assert!(
+        uri.starts_with(&s.files),
+        "stored on our files server: {uri}"
+    );
+    // The link downloads through the page's session (the files server wants API credentials):
+    // fetched from inside the page, with its cookie.
+    let body = b.js("return fetch(document.querySelector('#artifacts a').href).then(r => r.text().then(t => r.status + ' ' + t));");
+    let body = body.as_str().unwrap_or_default().to_string();
+    assert!(
+        body.starts_with("200 ") && body.contains("rows") && body.contains("42"),
+        "the artifact downloads: {body}"
+    );
     b.screenshot("experiment-artifacts");
     b.goto(&format!("{base}/info-output"));
     let scalars = b.text("#last-scalars");

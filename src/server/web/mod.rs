@@ -105,6 +105,7 @@ fn routes(state: Arc<WebState>) -> Router {
             get(console::search_route),
         )
         .route("/web/api/tasks/{task}/log.txt", get(console::download))
+        .route("/web/files/{*path}", get(file_download))
         .layer(axum::middleware::map_response(security_headers));
     pages
         .route("/static/{file}", get(assets::serve))
@@ -244,7 +245,13 @@ fn render_task(
     };
     let models = data::models_of(&web.app, &detail.doc);
     let tab = views::Tab::from_path(&tab);
-    html(views::task(&authed, &detail, &models, tab))
+    html(views::task(
+        &authed,
+        &detail,
+        &models,
+        tab,
+        &web.app.files_root,
+    ))
 }
 
 async fn queues_page(State(web): State<Arc<WebState>>, authed: Authed) -> Response {
@@ -257,4 +264,48 @@ async fn workers_page(State(web): State<Arc<WebState>>, authed: Authed) -> Respo
     let now = crate::host::now_ms();
     let workers = web.app.store.read(|docs| data::workers(docs, now));
     html(views::workers(&authed, &workers))
+}
+
+/// `GET /web/files/{path}`: a file of the files server, for a logged-in page (the files server
+/// itself wants API credentials, which a browser does not have).
+async fn file_download(
+    State(web): State<Arc<WebState>>,
+    _authed: Authed,
+    Path(path): Path<String>,
+) -> Response {
+    use tokio::io::AsyncReadExt;
+    let target = match crate::server::files::confine(&web.app.files_root, &path) {
+        Ok(t) => t,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.msg).into_response(),
+    };
+    let file = match tokio::fs::File::open(&target).await {
+        Ok(f) if target.is_file() => f,
+        _ => return (StatusCode::NOT_FOUND, "no such file").into_response(),
+    };
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().replace('"', ""))
+        .unwrap_or_default();
+    let stream = futures_util::stream::unfold(file, |mut f| async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(buf), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
 }

@@ -394,7 +394,13 @@ fn action_form(
     }
 }
 
-pub fn task(authed: &Authed, d: &TaskDetail, models: &[ModelRef], tab: Tab) -> Markup {
+pub fn task(
+    authed: &Authed,
+    d: &TaskDetail,
+    models: &[ModelRef],
+    tab: Tab,
+    files_root: &std::path::Path,
+) -> Markup {
     let r = &d.row;
     let doc = Value::Object(d.doc.clone());
     let here = task_href(&r.project_id, &r.id, tab.path());
@@ -453,7 +459,7 @@ pub fn task(authed: &Authed, d: &TaskDetail, models: &[ModelRef], tab: Tab) -> M
                     Tab::Execution => (execution(&doc)),
                     Tab::Configuration => (configuration(&doc)),
                     Tab::Console => (console(r)),
-                    Tab::Artifacts => (artifacts(&doc, models)),
+                    Tab::Artifacts => (artifacts(&doc, models, files_root)),
                     Tab::Info => (info(d, &doc)),
                 }
             }
@@ -551,15 +557,17 @@ fn console(r: &Row) -> Markup {
     }
 }
 
-fn link_or_text(uri: &str) -> Markup {
+fn link_or_text(files_root: &std::path::Path, uri: &str) -> Markup {
     html! {
-        @if uri.starts_with("http://") || uri.starts_with("https://") {
+        @if let Some(href) = super::data::local_file_href(files_root, uri) {
+            a href=(href) download data-uri=(crate::redact::redact_urls(uri)) { (crate::redact::redact_urls(uri)) }
+        } @else if uri.starts_with("http://") || uri.starts_with("https://") {
             a href=(uri) download { (crate::redact::redact_urls(uri)) }
         } @else { (uri) }
     }
 }
 
-fn artifacts(doc: &Value, models: &[ModelRef]) -> Markup {
+fn artifacts(doc: &Value, models: &[ModelRef], files_root: &std::path::Path) -> Markup {
     let list = get(doc, &["execution", "artifacts"])
         .as_array()
         .cloned()
@@ -575,7 +583,7 @@ fn artifacts(doc: &Value, models: &[ModelRef]) -> Markup {
                             td { (text(get(a, &["key"]))) }
                             td { (text(get(a, &["type"]))) }
                             td { (text(get(a, &["mode"]))) }
-                            td { (link_or_text(&text(get(a, &["uri"])))) }
+                            td { (link_or_text(files_root, &text(get(a, &["uri"])))) }
                             td.num { (get(a, &["content_size"]).as_f64().map(|b| fmt_mb(Some(b / 1_048_576.0))).unwrap_or_default()) }
                             td { code { (text(get(a, &["hash"])).chars().take(12).collect::<String>()) } }
                         }
@@ -589,7 +597,7 @@ fn artifacts(doc: &Value, models: &[ModelRef]) -> Markup {
                 thead { tr { th { "Role" } th { "Name" } th { "Model id" } th { "Framework" } th { "File" } } }
                 tbody {
                     @for m in models {
-                        tr { td { (m.role) } td { (m.name) } td { code { (m.id) } } td { (m.framework) } td { (link_or_text(&m.uri)) } }
+                        tr { td { (m.role) } td { (m.name) } td { code { (m.id) } } td { (m.framework) } td { (link_or_text(files_root, &m.uri)) } }
                     }
                 }
             }
