@@ -709,6 +709,19 @@ pub fn workers(docs: &Docs, now_ms: u64) -> Vec<WorkerView> {
     out
 }
 
+/// The web path that serves `uri` from this server's files root (`/web/files/...`, behind the
+/// page login) when `uri` is an http(s) URL whose path is a file stored here, so a download link
+/// works from the page without the files server's API credentials.
+pub fn local_file_href(files_root: &std::path::Path, uri: &str) -> Option<String> {
+    let rest = uri
+        .strip_prefix("http://")
+        .or_else(|| uri.strip_prefix("https://"))?;
+    let path = &rest[rest.find('/')?..];
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let target = crate::server::files::confine(files_root, path.trim_start_matches('/')).ok()?;
+    target.is_file().then(|| format!("/web/files{path}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -758,17 +771,4 @@ mod tests {
         assert_eq!(last_scalars(&doc), vec![("loss/train".to_string(), 0.5)]);
         assert_eq!(status_label("in_progress", "stopping"), "Aborting");
     }
-}
-
-/// The web path that serves `uri` from this server's files root (`/web/files/...`, behind the
-/// page login) when `uri` is an http(s) URL whose path is a file stored here, so a download link
-/// works from the page without the files server's API credentials.
-pub fn local_file_href(files_root: &std::path::Path, uri: &str) -> Option<String> {
-    let rest = uri
-        .strip_prefix("http://")
-        .or_else(|| uri.strip_prefix("https://"))?;
-    let path = &rest[rest.find('/')?..];
-    let path = path.split(['?', '#']).next().unwrap_or("");
-    let target = crate::server::files::confine(files_root, path.trim_start_matches('/')).ok()?;
-    target.is_file().then(|| format!("/web/files{path}"))
 }
