@@ -13,6 +13,7 @@ pub mod params;
 pub mod query;
 pub mod status;
 pub mod store;
+pub mod web;
 
 use api::{Ctx, Reply, Semantics};
 use auth::{authenticate, ServerIdentity};
@@ -208,7 +209,9 @@ pub async fn run(
     let nodelay = |tcp: &mut tokio::net::TcpStream| {
         let _ = tcp.set_nodelay(true);
     };
-    let api_router = Router::new().fallback(api_call).with_state(app.clone());
+    // The web pages share the API's port (the API keeps its paths); /metrics counts every call.
+    let api_router =
+        web::Web::new(app.clone()).wrap(Router::new().fallback(api_call).with_state(app.clone()));
     let api = axum::serve(
         api_listener.tap_io(nodelay),
         api_router.into_make_service_with_connect_info::<SocketAddr>(),

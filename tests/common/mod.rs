@@ -133,3 +133,4 @@ pub fn json(out: &Output) -> serde_json::Value {
 }
 pub mod imds;
 pub mod server;
+pub mod web;

@@ -109,3 +109,40 @@ pub fn task<'d>(docs: &'d Docs, id: &str) -> Result<&'d super::store::Doc, ApiEr
 pub fn str_field<'d>(doc: &'d super::store::Doc, field: &str) -> &'d str {
     doc.get(field).and_then(Value::as_str).unwrap_or("")
 }
+
+/// Runs `service.action` in-process as the server's own user, through [`dispatch`] and so the same
+/// handlers and rules as an HTTP call (the web pages' actions use it). A handler panic answers 500.
+pub fn call_in_process(
+    store: &Store,
+    server: &ServerIdentity,
+    semantics: &Semantics,
+    endpoint: &str,
+    params: serde_json::Map<String, Value>,
+) -> Result<Value, ApiError> {
+    let (service, action) = endpoint.split_once('.').unwrap_or((endpoint, ""));
+    let ep = Endpoint {
+        service: service.to_string(),
+        action: action.to_string(),
+        version: None,
+    };
+    let ctx = Ctx {
+        store,
+        server,
+        semantics,
+        identity: Some(Identity::of(server)),
+        worker_header: None,
+        client_ip: "web".into(),
+        now_ms: crate::host::now_ms(),
+        raw_body: &[],
+    };
+    let p = Params(params);
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(&ctx, &ep, &p))) {
+        Ok(Some(Ok(Reply::Json(v)))) => Ok(v),
+        Ok(Some(Ok(Reply::Text(t)))) => Ok(Value::String(t)),
+        Ok(Some(Err(e))) => Err(e),
+        Ok(None) => Err(ApiError::unknown_endpoint(endpoint, super::API_VERSION)),
+        Err(_) => Err(ApiError::internal(format!(
+            "endpoint {endpoint} failed unexpectedly"
+        ))),
+    }
+}

@@ -125,7 +125,8 @@ fn status_report(ctx: &Ctx, p: &Params) -> Result<Value, ApiError> {
     let queue = p.str("queue")?.map(str::to_string);
     let queues = p.str_list("queues")?;
     let tags = p.str_list("tags")?;
-    p.object("machine_stats")?;
+    // Kept as reported, for the web page's workers table (the real server keeps a series).
+    let machine_stats = p.object("machine_stats")?.cloned();
     ctx.store.write(|docs| {
         let task_ref = match &task_id {
             Some(t) => {
@@ -166,6 +167,9 @@ fn status_report(ctx: &Ctx, p: &Params) -> Result<Value, ApiError> {
         }
         if let Some(t) = &tags {
             doc.insert("tags".into(), json!(t));
+        }
+        if let Some(stats) = &machine_stats {
+            doc.insert("machine_stats".into(), Value::Object(stats.clone()));
         }
         match task_ref {
             Some((t, project)) => {
