@@ -215,6 +215,8 @@ impl Env {
                 shared_cache("agent-tools"),
             )
             .env("CLEARML_AGENT__AGENT__STOP_GRACE_PERIOD_SEC", "2")
+            // Never the cloud metadata address: off unless a test points it at a loopback IMDS.
+            .env("CLEARML_AGENT__AGENT__PREEMPTION__ENABLED", "false")
             .envs(extra_env.iter().copied())
             .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
             .stderr(Stdio::from(
@@ -572,6 +574,7 @@ fn execute_runs_one_task_and_its_clone_without_a_queue() {
                 "CLEARML_AGENT__AGENT__TOOLS_DIR",
                 shared_cache("agent-tools"),
             )
+            .env("CLEARML_AGENT__AGENT__PREEMPTION__ENABLED", "false")
             .env("CLEARML_WORKER_ID", "exec:0");
         cmd.output().unwrap()
     };
@@ -1031,6 +1034,7 @@ fn a_preemption_notice_requeues_the_task_for_another_daemon() {
                 url.as_str(),
             ),
             ("CLEARML_AGENT__AGENT__PREEMPTION__PROVIDER", "aws"),
+            ("CLEARML_AGENT__AGENT__PREEMPTION__ENABLED", "true"),
             ("CLEARML_AGENT__AGENT__PREEMPTION__POLL_INTERVAL_SEC", "1"),
         ],
     );
@@ -1094,6 +1098,7 @@ fn detached_daemon_stop_and_drain() {
                 shared_cache("agent-tools"),
             )
             .env("CLEARML_AGENT__AGENT__PID_FILE", &pid_file)
+            .env("CLEARML_AGENT__AGENT__PREEMPTION__ENABLED", "false")
             .env("CLEARML_AGENT__AGENT__STOP_GRACE_PERIOD_SEC", "2")
             .env("CLEARML_WORKER_ID", "detached:0");
         cmd.output().unwrap()

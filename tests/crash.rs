@@ -8,7 +8,8 @@ use clearml_agent::fsm::{Outcome, RunState};
 use clearml_agent::journal::Journal;
 use common::*;
 
-const EFFECT_KEYS_HAPPY: [&str; 6] = [
+const EFFECT_KEYS_HAPPY: [&str; 7] = [
+    "Claimed",
     "EnvResolved",
     "Cloned",
     "Patched",

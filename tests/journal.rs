@@ -19,10 +19,13 @@ fn completed_run(journal: Journal, dirs: &Dirs, task: &str) -> (Journal, String)
     let effects = SimulatedEffects::new(&dirs.effects, Script::default()).unwrap();
     let mut runner = Runner::new(journal, effects, SystemClock);
     let run = runner
-        .start(TaskSnapshot {
-            task_id: task.into(),
-            ..Default::default()
-        })
+        .start(
+            TaskSnapshot {
+                task_id: task.into(),
+                ..Default::default()
+            },
+            Default::default(),
+        )
         .unwrap();
     let driven = runner.drive(&run).unwrap();
     assert!(matches!(driven, Driven::Terminal(ref s) if s.outcome == Some(Outcome::Completed)));
@@ -217,10 +220,12 @@ fn secrets_in_a_task_never_reach_inspect_or_export() {
     let pulled = &export["records"][0];
     assert_eq!(pulled["redacted"], true);
     assert!(pulled["raw_hex"].is_null());
-    assert!(pulled["body"]["Event"]["Pulled"]["snapshot"]["repository"]
-        .as_str()
-        .unwrap()
-        .contains("oauth2:********@git.example.com"));
+    assert!(
+        pulled["body"]["Event"]["PulledV2"]["snapshot"]["repository"]
+            .as_str()
+            .unwrap()
+            .contains("oauth2:********@git.example.com")
+    );
 }
 
 #[test]

@@ -1,8 +1,11 @@
-//! The agent proper: settings, log shipping, the real effect handler, `daemon` and `execute`.
+//! The agent proper: the daemon loop and its watchers (signals, `--stop`, preemption notices),
+//! `execute`, and the GPU stats of status reports. The effects live in [`crate::effects`], the
+//! settings in [`crate::config::settings`].
 
+pub mod controls;
 pub mod daemon;
-pub mod effects;
 pub mod gpu;
-pub mod logship;
 pub mod preemption;
+pub mod pull;
 pub mod settings;
+pub mod stats;

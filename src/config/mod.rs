@@ -3,6 +3,7 @@
 //! journal location is read from here.
 
 pub mod hocon;
+pub mod settings;
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};

@@ -14,7 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::fsm::{Event, RunState};
+use crate::fsm::{Event, RunState, V1State};
 
 pub const MAGIC: [u8; 4] = *b"CMJR";
 pub const SCHEMA_VERSION: u16 = 1;
@@ -31,8 +31,10 @@ pub mod types {
     pub const ABORT_REQUESTED: u16 = 5;
     pub const REQUEUE_REQUESTED: u16 = 6;
     pub const RESUMED: u16 = 7;
+    pub const PULLED_V2: u16 = 8;
     pub const STATE_DIGEST: u16 = 64;
     pub const SNAPSHOT: u16 = 65;
+    pub const SNAPSHOT_V2: u16 = 66;
 }
 
 /// What a record holds: an FSM event, or journal bookkeeping.
@@ -43,8 +45,14 @@ pub enum RecordBody {
     StateDigest {
         digest: String,
     },
-    /// A compacted terminal run: its final state replaces its records.
+    /// A compacted terminal run, as the first schema wrote it (its state without `RunExt`).
     Snapshot {
+        state: Box<V1State>,
+        digest: String,
+        compacted_records: u64,
+    },
+    /// A compacted terminal run: its final state replaces its records.
+    SnapshotV2 {
         state: Box<RunState>,
         digest: String,
         compacted_records: u64,
@@ -62,9 +70,11 @@ impl RecordBody {
                 Event::AbortRequested { .. } => types::ABORT_REQUESTED,
                 Event::RequeueRequested { .. } => types::REQUEUE_REQUESTED,
                 Event::Resumed(_) => types::RESUMED,
+                Event::PulledV2 { .. } => types::PULLED_V2,
             },
             RecordBody::StateDigest { .. } => types::STATE_DIGEST,
             RecordBody::Snapshot { .. } => types::SNAPSHOT,
+            RecordBody::SnapshotV2 { .. } => types::SNAPSHOT_V2,
         }
     }
 
@@ -80,15 +90,14 @@ impl RecordBody {
         match self {
             RecordBody::Event(e) => e.name(),
             RecordBody::StateDigest { .. } => "StateDigest",
-            RecordBody::Snapshot { .. } => "Snapshot",
+            RecordBody::Snapshot { .. } | RecordBody::SnapshotV2 { .. } => "Snapshot",
         }
     }
 }
 
 fn known_type(t: u16) -> bool {
-    (types::PULLED..=types::RESUMED).contains(&t)
-        || t == types::STATE_DIGEST
-        || t == types::SNAPSHOT
+    (types::PULLED..=types::PULLED_V2).contains(&t)
+        || (types::STATE_DIGEST..=types::SNAPSHOT_V2).contains(&t)
 }
 
 /// A decoded record. `body` is `None` for an unknown type flagged may-ignore.

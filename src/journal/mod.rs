@@ -62,6 +62,8 @@ pub enum JournalError {
     ReadOnly,
     #[error("run {run} {problem}; refusing to act on this run (see `clearml-agent journal verify {run}`)")]
     Corrupt { run: String, problem: Problem },
+    #[error("journal directory {dir} was removed or replaced while this agent was using it; nothing more can be recorded there")]
+    Gone { dir: PathBuf },
 }
 
 type Result<T, E = JournalError> = std::result::Result<T, E>;
@@ -83,6 +85,20 @@ pub struct EpochInfo {
     pub boot_id: String,
     pub started_ms: u64,
     pub agent_version: String,
+}
+
+impl EpochInfo {
+    /// Who this process is; the journal fills in the epoch number.
+    pub fn this_process() -> EpochInfo {
+        EpochInfo {
+            epoch: 0,
+            host: crate::host::hostname(),
+            pid: std::process::id(),
+            boot_id: crate::host::boot_id(),
+            started_ms: crate::host::now_ms(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
 }
 
 /// Heartbeat-like progress: overwritten in place, never appended.
@@ -121,8 +137,31 @@ pub struct Journal {
     /// `None` for a read-only handle.
     epoch: Option<u64>,
     config: JournalConfig,
+    /// (device, inode) of the directory when it was opened: a directory removed (or replaced)
+    /// under a running agent is noticed before anything more is written to it.
+    identity: Option<(u64, u64)>,
     /// Deletes the point-in-time copy a reader opened; declared last so sled is closed first.
     _copy: Option<std::sync::Arc<CopyGuard>>,
+}
+
+fn dir_identity(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Only the agent's user may read the journal: 0700 on directories, 0600 on files.
+fn restrict(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            restrict(&entry.path())?;
+        } else {
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
 }
 
 /// Removes a journal copy when the last handle on it is dropped.
@@ -231,6 +270,9 @@ impl Journal {
             source,
         };
         std::fs::create_dir_all(dir).map_err(|e| storage(sled::Error::Io(e)))?;
+        use std::os::unix::fs::PermissionsExt;
+        // Closed to others before sled writes anything into it.
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
         let db = sled::Config::new()
             .path(dir)
             // Our own flush at every append is the durability point; no background flusher.
@@ -260,8 +302,20 @@ impl Journal {
             dir: dir.to_path_buf(),
             epoch: None,
             config,
+            identity: dir_identity(dir),
             _copy: None,
         })
+    }
+
+    /// Whether the directory this handle writes to is still the one it opened.
+    pub fn check_dir(&self) -> Result<()> {
+        match (self.identity, dir_identity(&self.dir)) {
+            (Some(a), Some(b)) if a == b => Ok(()),
+            (None, _) => Ok(()),
+            _ => Err(JournalError::Gone {
+                dir: self.dir.clone(),
+            }),
+        }
     }
 
     fn storage(&self, source: sled::Error) -> JournalError {
@@ -288,6 +342,7 @@ impl Journal {
         self.flush()?;
         std::fs::write(self.dir.join("agent.pid"), std::process::id().to_string())
             .map_err(|e| self.storage(sled::Error::Io(e)))?;
+        restrict(&self.dir).map_err(|e| self.storage(sled::Error::Io(e)))?;
         self.epoch = Some(next);
         Ok(next)
     }
@@ -427,6 +482,7 @@ impl Journal {
     ) -> Result<u64> {
         assert!(!bodies.is_empty(), "an append writes at least one record");
         let mine = self.epoch.ok_or(JournalError::ReadOnly)?;
+        self.check_dir()?;
         let last = expected_seq + bodies.len() as u64 - 1;
         if last > self.config.max_records_per_run {
             return Err(JournalError::RecordCap {
@@ -574,7 +630,7 @@ impl Journal {
             if !loaded.state.is_terminal() || loaded.compacted || !old_enough {
                 continue;
             }
-            let body = RecordBody::Snapshot {
+            let body = RecordBody::SnapshotV2 {
                 digest: loaded.state.digest(),
                 compacted_records: loaded.records,
                 state: Box::new(loaded.state),
