@@ -440,9 +440,9 @@ fn open_reader(opts: &JournalOpts) -> Result<Journal> {
         bail!("no journal at {} (pass --journal-dir)", dir.display());
     }
     let (journal, snapshot) = Journal::open_reader(&dir)?;
-    if snapshot && !opts.json {
-        eprintln!(
-            "note: {} is in use by a running agent; showing a point-in-time copy",
+    if snapshot {
+        tracing::info!(
+            "{} is in use by a running agent; showing a point-in-time copy",
             dir.display()
         );
     }
@@ -607,10 +607,16 @@ fn journal_command(command: JournalCommand) -> Result<i32> {
                 .iter()
                 .map(|r| journal.verify_run(r))
                 .collect::<Result<Vec<_>, _>>()?;
+            let side = journal.verify_side()?;
             let bad = reports.iter().filter(|r| !r.ok()).count();
             if opts.json {
-                print_json(&serde_json::json!({ "ok": bad == 0, "runs": reports }))?;
+                print_json(
+                    &serde_json::json!({ "ok": bad == 0 && side.is_empty(), "runs": reports, "side": side }),
+                )?;
             } else {
+                for p in &side {
+                    println!("journal entry {}/{}: {}", p.tree, p.key, p.detail);
+                }
                 for r in &reports {
                     if r.ok() {
                         println!(
@@ -622,9 +628,14 @@ fn journal_command(command: JournalCommand) -> Result<i32> {
                         println!("run {} {p}", r.run);
                     }
                 }
-                println!("{} run(s) checked, {bad} with problems", reports.len());
+                println!(
+                    "{} run(s) checked, {bad} with problems; {} corrupt journal entr{}",
+                    reports.len(),
+                    side.len(),
+                    if side.len() == 1 { "y" } else { "ies" }
+                );
             }
-            Ok(if bad == 0 { 0 } else { 1 })
+            Ok(if bad == 0 && side.is_empty() { 0 } else { 1 })
         }
         JournalCommand::Export { run, output, opts } => {
             let journal = open_reader(&opts)?;
@@ -639,12 +650,14 @@ fn journal_command(command: JournalCommand) -> Result<i32> {
         }
         JournalCommand::Compact { older_than, opts } => {
             let dir = journal_dir(&opts)?;
-            let journal = Journal::open_writer(
-                &dir,
-                clearml_agent::journal::EpochInfo::this_process(),
-                JournalConfig::default(),
-            )?;
+            // A maintenance epoch, stopped cleanly: the next agent's restart reason looks past it.
+            let who = clearml_agent::journal::EpochInfo {
+                role: clearml_agent::journal::MAINTENANCE.into(),
+                ..clearml_agent::journal::EpochInfo::this_process()
+            };
+            let journal = Journal::open_writer(&dir, who, JournalConfig::default())?;
             let compacted = journal.compact(host::now_ms(), older_than.as_millis() as u64)?;
+            journal.record_shutdown("journal compact")?;
             if opts.json {
                 print_json(&serde_json::json!({ "compacted": compacted }))?;
             } else {
@@ -685,7 +698,10 @@ fn simulate(args: SimulateArgs) -> Result<i32> {
     let resumed = if args.no_resume {
         vec![]
     } else {
-        runner.resume_all("agent restart")?
+        {
+            let reason = runner.journal().restart_reason()?;
+            runner.resume_all(&reason)?
+        }
     };
     for (run, result) in resumed {
         match result {

@@ -92,3 +92,28 @@ fn every_command_has_help() {
         );
     }
 }
+
+/// Issue 9, item 14: a deeply nested clearml.conf or a 200k-part dotted key is a clear error
+/// naming the file and line, never a stack overflow (exit 134).
+#[test]
+fn hostile_config_nesting_is_an_error_naming_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("clearml.conf");
+    for text in [
+        format!(
+            "agent {{\n  x: {}1{}\n}}\n",
+            "{a: ".repeat(200_000),
+            "}".repeat(200_000)
+        ),
+        format!("# comment\n{} = 1\n", vec!["k"; 200_000].join(".")),
+    ] {
+        std::fs::write(&conf, text).unwrap();
+        let out = agent(&["config", "--config-file", conf.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "a clean error exit: {err}");
+        assert!(
+            err.contains(&format!("config file {}: line 2", conf.display())),
+            "{err}"
+        );
+    }
+}

@@ -288,3 +288,54 @@ fn the_journal_dir_comes_from_clearml_conf_and_a_bad_file_names_line_and_column(
         "{err}"
     );
 }
+
+/// `journal compact` is maintenance, not an agent life: the next agent's resume reason still
+/// names the agent that died.
+#[test]
+fn compact_does_not_disturb_the_next_restart_reason() {
+    let dirs = Dirs::new();
+    assert!(run_until_failpoint(
+        dirs.simulate_cmd(&["--task-id", "r"]),
+        "after-seq:5"
+    ));
+    let out = dirs.journal(&["compact", "--older-than", "0s"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!run_until_failpoint(dirs.simulate_cmd(&[]), ""));
+    let timeline = json(&dirs.journal(&["inspect", "r", "--json"]));
+    let text = timeline.to_string();
+    assert!(
+        text.contains("agent epoch 1 (pid") && text.contains("died without a clean shutdown"),
+        "{text}"
+    );
+    assert!(!text.contains("journal compact"), "{text}");
+}
+
+/// Issue 9, item 5: the journal directory is 0700 and its files 0600.
+#[test]
+fn the_journal_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dirs = Dirs::new();
+    assert!(!run_until_failpoint(
+        dirs.simulate_cmd(&["--task-id", "x"]),
+        ""
+    ));
+    fn walk(p: &std::path::Path, seen: &mut usize) {
+        let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        if p.is_dir() {
+            assert_eq!(mode, 0o700, "{}", p.display());
+            for e in std::fs::read_dir(p).unwrap() {
+                walk(&e.unwrap().path(), seen);
+            }
+        } else {
+            assert_eq!(mode, 0o600, "{}", p.display());
+            *seen += 1;
+        }
+    }
+    let mut files = 0;
+    walk(&dirs.journal, &mut files);
+    assert!(files >= 2, "sled's files were checked");
+}

@@ -59,7 +59,11 @@ fn wait_for_server(
     let started = Instant::now();
     for attempt in 1u32.. {
         match probe.call("debug.ping", &json!({})) {
-            Ok(_) | Err(ApiError::Server { .. }) | Err(ApiError::Auth { .. }) => return Ok(()),
+            Ok(_) | Err(ApiError::Auth { .. }) => return Ok(()),
+            Err(e @ ApiError::Server { code, .. }) if code < 500 => {
+                tracing::debug!("debug.ping: {e}");
+                return Ok(());
+            }
             Err(e) if attempts.is_some_and(|n| attempt >= n) => return Err(e.into()),
             Err(e) => {
                 let pause = Duration::from_secs(1u64 << attempt.min(5));
@@ -85,8 +89,33 @@ pub fn connect(
     let api = api_settings(settings, worker_id)?;
     wait_for_server(settings, &api, attempts)?;
     let client = ApiClient::new(api)?;
-    client.login()?;
+    retry_transient("logging in", attempts, api_transient, || client.login())?;
     Ok(Arc::new(client))
+}
+
+fn api_transient(e: &ApiError) -> bool {
+    crate::effects::task::api_failure(e.clone()).retryable
+}
+
+/// Start-up calls: a server that is down or answers 5xx is waited for (with a progress line
+/// each time); any other error is returned.
+fn retry_transient<T, E: std::fmt::Display>(
+    what: &str,
+    attempts: Option<u32>,
+    transient: impl Fn(&E) -> bool,
+    mut f: impl FnMut() -> Result<T, E>,
+) -> Result<T, E> {
+    for attempt in 1u32.. {
+        match f() {
+            Err(e) if transient(&e) && attempts.is_none_or(|n| attempt < n) => {
+                let pause = Duration::from_secs(1u64 << attempt.min(5));
+                tracing::warn!("{what}: {e}; retrying in {} s", pause.as_secs());
+                std::thread::sleep(pause);
+            }
+            other => return other,
+        }
+    }
+    unreachable!("the loop returns")
 }
 
 /// Queue names (or ids) to ids, as the Python agent resolves them.
@@ -184,6 +213,16 @@ impl Reporter {
     }
 }
 
+/// This binary, to start again as a supervisor: `/proc/self/exe` names the running image even
+/// after the file was replaced by an upgrade (then `current_exe` names a deleted path).
+fn agent_exe() -> std::io::Result<std::path::PathBuf> {
+    let proc_exe = std::path::PathBuf::from("/proc/self/exe");
+    if proc_exe.exists() {
+        return Ok(proc_exe);
+    }
+    std::env::current_exe()
+}
+
 fn open_runner(
     settings: &AgentSettings,
     api: Arc<ApiClient>,
@@ -203,7 +242,7 @@ fn open_runner(
         settings: settings.clone(),
         api,
         worker_id: worker_id.to_string(),
-        agent_exe: std::env::current_exe()?,
+        agent_exe: agent_exe()?,
         current_task,
     };
     Ok(Runner::new(journal, RealEffects::new(world), SystemClock)
@@ -300,8 +339,8 @@ pub fn stop_daemon(settings: &AgentSettings, drain: bool) -> anyhow::Result<i32>
             path.display()
         );
     }
-    eprintln!(
-        "clearml-agent: asked daemon {pid} to {}",
+    tracing::info!(
+        "asked daemon {pid} to {}",
         if drain {
             "drain and exit"
         } else {
@@ -311,7 +350,7 @@ pub fn stop_daemon(settings: &AgentSettings, drain: bool) -> anyhow::Result<i32>
     while unsafe { libc::kill(pid, 0) } == 0 {
         std::thread::sleep(Duration::from_millis(200));
     }
-    eprintln!("clearml-agent: daemon {pid} exited");
+    tracing::info!("daemon {pid} exited");
     Ok(0)
 }
 
@@ -367,12 +406,19 @@ pub fn daemon(settings: AgentSettings, opts: DaemonOptions) -> anyhow::Result<i3
     std::fs::write(&pid_path, std::process::id().to_string())?;
     let worker = settings.worker_id(0);
     let api = connect(&settings, &worker, None)?;
-    let queues = resolve_queues(&api, &opts.queues, opts.create_queue)?;
-    let ids: Vec<String> = queues.iter().map(|(id, _)| id.clone()).collect();
-    api.call(
-        "workers.register",
-        &json!({"worker": worker, "queues": ids}),
+    let queues = retry_transient(
+        "resolving the queues",
+        None,
+        |e: &anyhow::Error| e.downcast_ref::<ApiError>().is_some_and(api_transient),
+        || resolve_queues(&api, &opts.queues, opts.create_queue),
     )?;
+    let ids: Vec<String> = queues.iter().map(|(id, _)| id.clone()).collect();
+    retry_transient("registering the worker", None, api_transient, || {
+        api.call(
+            "workers.register",
+            &json!({"worker": worker, "queues": ids}),
+        )
+    })?;
     tracing::info!(
         "worker {worker} listening to {} on {}",
         queues

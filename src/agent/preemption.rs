@@ -132,19 +132,34 @@ pub fn providers_to_watch(
     }
 }
 
-/// Starts the watcher thread.
+/// One round over the providers; true when a notice was found (and handed to `controls`).
+fn check_all(
+    http: &reqwest::blocking::Client,
+    base: &str,
+    providers: &[Provider],
+    controls: &Controls,
+) -> bool {
+    for p in providers {
+        if let Some(what) = check(http, base, *p) {
+            tracing::warn!("preemption notice: {what}");
+            controls.preempt(what);
+            return true;
+        }
+    }
+    false
+}
+
+/// Checks once now (a notice that is already out stops the daemon before it pulls anything),
+/// then keeps watching from a thread.
 pub fn start(base: String, providers: Vec<Provider>, every: Duration, controls: Arc<Controls>) {
-    std::thread::spawn(move || {
-        let http = client();
-        loop {
-            for p in &providers {
-                if let Some(what) = check(&http, &base, *p) {
-                    tracing::warn!("preemption notice: {what}");
-                    controls.preempt(what);
-                    return;
-                }
-            }
-            std::thread::sleep(every);
+    let http = client();
+    if check_all(&http, &base, &providers, &controls) {
+        return;
+    }
+    std::thread::spawn(move || loop {
+        std::thread::sleep(every);
+        if check_all(&http, &base, &providers, &controls) {
+            return;
         }
     });
 }

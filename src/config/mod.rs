@@ -109,6 +109,16 @@ impl Config {
             if parts.iter().any(String::is_empty) {
                 continue;
             }
+            if parts.len() > hocon::MAX_KEY_PARTS {
+                return Err(ConfigError::Override {
+                    var: format!("CLEARML_AGENT__{}...", &path[..path.len().min(40)]),
+                    source: hocon::ParseError {
+                        line: 1,
+                        column: 1,
+                        message: format!("more than {} key parts", hocon::MAX_KEY_PARTS),
+                    },
+                });
+            }
             let parsed = hocon::parse(&format!("v: {value}"), &env_var).map_err(|source| {
                 ConfigError::Override {
                     var: var.clone(),

@@ -392,7 +392,7 @@ pub fn relay(
 pub fn supervise(run_dir: &Path, argv: &[String], max_unshipped: u64) -> i32 {
     let record = |name: &str, text: String| {
         if let Err(e) = write_atomic(run_dir, name, &text) {
-            eprintln!("clearml-agent supervise: {e}");
+            tracing::error!("supervise: {e}");
         }
     };
     let me = std::process::id();
@@ -431,10 +431,7 @@ pub fn supervise(run_dir: &Path, argv: &[String], max_unshipped: u64) -> i32 {
             return 127;
         }
         (_, Err(e)) => {
-            eprintln!(
-                "clearml-agent supervise: {}: {e}",
-                run_dir.join(OUTPUT).display()
-            );
+            tracing::error!("supervise: {}: {e}", run_dir.join(OUTPUT).display());
             record(EXIT, "127".into());
             return 127;
         }
@@ -443,7 +440,7 @@ pub fn supervise(run_dir: &Path, argv: &[String], max_unshipped: u64) -> i32 {
             let (reader, writer) = match std::io::pipe() {
                 Ok(p) => p,
                 Err(e) => {
-                    eprintln!("clearml-agent supervise: output pipe: {e}");
+                    tracing::error!("supervise: output pipe: {e}");
                     record(EXIT, "127".into());
                     return 127;
                 }

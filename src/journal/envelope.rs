@@ -157,7 +157,15 @@ fn be32(b: &[u8]) -> u32 {
     u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
 
-pub fn decode(seq: u64, bytes: &[u8]) -> Result<Record, EnvelopeError> {
+/// The checked header fields and payload of an envelope: magic, length and CRC verified, then
+/// the schema (after the CRC, so a corrupt version field reads as corruption).
+struct Checked<'a> {
+    event_type: u16,
+    flags: u16,
+    payload: &'a [u8],
+}
+
+fn check(bytes: &[u8]) -> Result<Checked<'_>, EnvelopeError> {
     if bytes.len() < HEADER_LEN {
         return Err(EnvelopeError::ShortHeader { found: bytes.len() });
     }
@@ -166,9 +174,6 @@ pub fn decode(seq: u64, bytes: &[u8]) -> Result<Record, EnvelopeError> {
             got: String::from_utf8_lossy(&bytes[0..4]).into_owned(),
         });
     }
-    let schema = be16(&bytes[4..6]);
-    let event_type = be16(&bytes[6..8]);
-    let flags = be16(&bytes[8..10]);
     let len = be32(&bytes[10..14]) as usize;
     let stored_crc = be32(&bytes[14..18]);
     let payload = &bytes[HEADER_LEN..];
@@ -185,10 +190,23 @@ pub fn decode(seq: u64, bytes: &[u8]) -> Result<Record, EnvelopeError> {
             got: crc,
         });
     }
-    // Checked after the CRC so that a corrupt version field reads as corruption.
+    let schema = be16(&bytes[4..6]);
     if schema != SCHEMA_VERSION {
         return Err(EnvelopeError::Schema { got: schema });
     }
+    Ok(Checked {
+        event_type: be16(&bytes[6..8]),
+        flags: be16(&bytes[8..10]),
+        payload,
+    })
+}
+
+pub fn decode(seq: u64, bytes: &[u8]) -> Result<Record, EnvelopeError> {
+    let Checked {
+        event_type,
+        flags,
+        payload,
+    } = check(bytes)?;
     if !known_type(event_type) {
         if flags & FLAG_MAY_IGNORE != 0 {
             let at_ms = payload
@@ -276,4 +294,35 @@ mod tests {
         assert_eq!(rec.body, None);
         assert_eq!(rec.at_ms, 5);
     }
+}
+
+/// Side-tree entries (run metadata, progress, epochs, clean-stop notes) use the same envelope,
+/// with type codes of their own, so a flipped bit there is caught as well. Entries written
+/// before they had one (no magic) are read as they were stored.
+pub mod side {
+    pub const RUN_META: u16 = 128;
+    pub const PROGRESS: u16 = 129;
+    pub const EPOCH: u16 = 130;
+    pub const SHUTDOWN: u16 = 131;
+}
+
+pub fn encode_side(kind: u16, payload: &[u8]) -> Vec<u8> {
+    encode_raw(kind, 0, payload)
+}
+
+/// The payload of a side entry; `Ok(None)` marks one from before side envelopes (the caller
+/// decodes the bytes as they are).
+pub fn decode_side(kind: u16, bytes: &[u8]) -> Result<Option<&[u8]>, EnvelopeError> {
+    if bytes.len() < 4 || bytes[0..4] != MAGIC {
+        return Ok(None);
+    }
+    let checked = check(bytes)?;
+    if checked.event_type != kind {
+        return Err(EnvelopeError::TypeMismatch {
+            event_type: checked.event_type,
+            body: "a side entry of another kind",
+        });
+    }
+    let payload = checked.payload;
+    Ok(Some(payload))
 }

@@ -62,6 +62,14 @@ pub enum JournalError {
     ReadOnly,
     #[error("run {run} {problem}; refusing to act on this run (see `clearml-agent journal verify {run}`)")]
     Corrupt { run: String, problem: Problem },
+    #[error(
+        "journal entry {tree}/{key} is corrupt: {detail} (see `clearml-agent journal verify`)"
+    )]
+    CorruptSide {
+        tree: &'static str,
+        key: String,
+        detail: String,
+    },
     #[error("journal directory {dir} was removed or replaced while this agent was using it; nothing more can be recorded there")]
     Gone { dir: PathBuf },
 }
@@ -85,6 +93,47 @@ pub struct EpochInfo {
     pub boot_id: String,
     pub started_ms: u64,
     pub agent_version: String,
+    /// `""` for an agent; `"maintenance"` for `journal compact`, which the restart reason of
+    /// the next agent looks past.
+    pub role: String,
+}
+
+/// An epoch entry as written before side envelopes (no role).
+#[derive(Deserialize)]
+struct LegacyEpochInfo {
+    epoch: u64,
+    host: String,
+    pid: u32,
+    boot_id: String,
+    started_ms: u64,
+    agent_version: String,
+}
+
+pub const MAINTENANCE: &str = "maintenance";
+
+/// One side-tree entry that does not verify.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SideProblem {
+    pub tree: &'static str,
+    pub key: String,
+    pub detail: String,
+}
+
+fn side_value<T: serde::de::DeserializeOwned>(
+    kind: u16,
+    bytes: &[u8],
+) -> std::result::Result<T, String> {
+    let payload = envelope::decode_side(kind, bytes)
+        .map_err(|e| e.to_string())?
+        .unwrap_or(bytes);
+    bincode::deserialize(payload).map_err(|e| format!("does not decode: {e}"))
+}
+
+fn side_bytes<T: Serialize>(kind: u16, value: &T) -> Vec<u8> {
+    envelope::encode_side(
+        kind,
+        &bincode::serialize(value).expect("side entries serialize"),
+    )
 }
 
 impl EpochInfo {
@@ -97,6 +146,7 @@ impl EpochInfo {
             boot_id: crate::host::boot_id(),
             started_ms: crate::host::now_ms(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            role: String::new(),
         }
     }
 }
@@ -235,9 +285,10 @@ impl Journal {
             Err(JournalError::Locked { .. }) => {
                 // The live agent may write while we copy; a torn copy fails to open, so
                 // take a fresh copy a few times before giving up.
+                // Unique per reader: two inspections at once must not share (and delete) a copy.
                 let copy = std::env::temp_dir().join(format!(
                     "clearml-agent-journal-snapshot-{}",
-                    std::process::id()
+                    uuid::Uuid::new_v4().simple()
                 ));
                 let mut last = None;
                 for _ in 0..3 {
@@ -335,7 +386,7 @@ impl Journal {
             .map_err(|e| self.storage(e))?
             .map_or(1, |v| be_u64(&v));
         who.epoch = next;
-        let info = bincode::serialize(&who).expect("epoch info serializes");
+        let info = side_bytes(envelope::side::EPOCH, &who);
         self.epochs
             .insert(next.to_be_bytes(), info)
             .map_err(|e| self.storage(e))?;
@@ -356,7 +407,10 @@ impl Journal {
     pub fn record_shutdown(&self, why: &str) -> Result<()> {
         let epoch = self.epoch.ok_or(JournalError::ReadOnly)?;
         self.meta
-            .insert(shutdown_key(epoch), why.as_bytes())
+            .insert(
+                shutdown_key(epoch),
+                side_bytes(envelope::side::SHUTDOWN, &why),
+            )
             .map_err(|e| self.storage(e))?;
         self.flush()
     }
@@ -367,18 +421,15 @@ impl Journal {
         let current = self.epoch.unwrap_or(u64::MAX);
         let epochs = self.epochs()?;
         let this = epochs.iter().find(|e| e.epoch == current);
+        // Maintenance (`journal compact`) is not an agent life: look past it.
         let Some(prev) = epochs
             .iter()
-            .filter(|e| e.epoch < current)
+            .filter(|e| e.epoch < current && e.role != MAINTENANCE)
             .max_by_key(|e| e.epoch)
         else {
             return Ok("first start of this journal".into());
         };
-        let clean = self
-            .meta
-            .get(shutdown_key(prev.epoch))
-            .map_err(|e| self.storage(e))?
-            .map(|v| String::from_utf8_lossy(&v).to_string());
+        let clean = self.shutdown_note(prev.epoch)?;
         Ok(describe_restart(
             prev,
             clean.as_deref(),
@@ -394,15 +445,125 @@ impl Journal {
         &self.config
     }
 
+    fn shutdown_note(&self, epoch: u64) -> Result<Option<String>> {
+        let Some(v) = self
+            .meta
+            .get(shutdown_key(epoch))
+            .map_err(|e| self.storage(e))?
+        else {
+            return Ok(None);
+        };
+        match envelope::decode_side(envelope::side::SHUTDOWN, &v) {
+            Ok(None) => Ok(Some(String::from_utf8_lossy(&v).to_string())),
+            Ok(Some(payload)) => bincode::deserialize(payload)
+                .map(Some)
+                .map_err(|e| self.corrupt_side("meta", format!("shutdown/{epoch}"), e.to_string())),
+            Err(e) => Err(self.corrupt_side("meta", format!("shutdown/{epoch}"), e.to_string())),
+        }
+    }
+
+    fn corrupt_side(&self, tree: &'static str, key: String, detail: String) -> JournalError {
+        JournalError::CorruptSide { tree, key, detail }
+    }
+
+    fn decode_epoch(v: &[u8]) -> std::result::Result<EpochInfo, String> {
+        match envelope::decode_side(envelope::side::EPOCH, v).map_err(|e| e.to_string())? {
+            Some(payload) => bincode::deserialize(payload).map_err(|e| e.to_string()),
+            None => bincode::deserialize::<LegacyEpochInfo>(v)
+                .map(|l| EpochInfo {
+                    epoch: l.epoch,
+                    host: l.host,
+                    pid: l.pid,
+                    boot_id: l.boot_id,
+                    started_ms: l.started_ms,
+                    agent_version: l.agent_version,
+                    role: String::new(),
+                })
+                .map_err(|e| format!("does not decode: {e}")),
+        }
+    }
+
     pub fn epochs(&self) -> Result<Vec<EpochInfo>> {
         self.epochs
             .iter()
-            .values()
-            .map(|v| {
-                let v = v.map_err(|e| self.storage(e))?;
-                Ok(bincode::deserialize(&v).unwrap_or_default())
+            .map(|item| {
+                let (k, v) = item.map_err(|e| self.storage(e))?;
+                Self::decode_epoch(&v)
+                    .map_err(|d| self.corrupt_side("epochs", be_u64(&k).to_string(), d))
             })
             .collect()
+    }
+
+    /// Every side-tree entry that does not verify (for `journal verify`).
+    pub fn verify_side(&self) -> Result<Vec<SideProblem>> {
+        let mut problems = vec![];
+        let mut check = |tree: &'static str, key: String, r: std::result::Result<(), String>| {
+            if let Err(detail) = r {
+                problems.push(SideProblem { tree, key, detail });
+            }
+        };
+        for item in self.runs.iter() {
+            let (k, v) = item.map_err(|e| self.storage(e))?;
+            let r = side_value::<RunMeta>(envelope::side::RUN_META, &v).map(|_| ());
+            check("runs", String::from_utf8_lossy(&k).into_owned(), r);
+        }
+        for item in self.progress.iter() {
+            let (k, v) = item.map_err(|e| self.storage(e))?;
+            let r = side_value::<Progress>(envelope::side::PROGRESS, &v).map(|_| ());
+            check("progress", String::from_utf8_lossy(&k).into_owned(), r);
+        }
+        for item in self.epochs.iter() {
+            let (k, v) = item.map_err(|e| self.storage(e))?;
+            check(
+                "epochs",
+                be_u64(&k).to_string(),
+                Self::decode_epoch(&v).map(|_| ()),
+            );
+        }
+        for item in self.meta.iter() {
+            let (k, v) = item.map_err(|e| self.storage(e))?;
+            if k.as_ref() == EPOCH_KEY {
+                let r = (v.len() == 8)
+                    .then_some(())
+                    .ok_or_else(|| format!("the epoch counter is {} bytes, not 8", v.len()));
+                check("meta", "epoch".into(), r);
+            } else if let Some(epoch) = k.strip_prefix(SHUTDOWN_PREFIX) {
+                let r = match envelope::decode_side(envelope::side::SHUTDOWN, &v) {
+                    Ok(Some(p)) => bincode::deserialize::<String>(p)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                };
+                check("meta", format!("shutdown/{}", be_u64(epoch)), r);
+            }
+        }
+        Ok(problems)
+    }
+
+    /// Overwrite one side entry. Only for tests and repair tools.
+    #[doc(hidden)]
+    pub fn put_raw_side(&self, tree: &str, key: &[u8], bytes: &[u8]) -> Result<()> {
+        let t = match tree {
+            "runs" => &self.runs,
+            "progress" => &self.progress,
+            "epochs" => &self.epochs,
+            _ => &self.meta,
+        };
+        t.insert(key, bytes).map_err(|e| self.storage(e))?;
+        self.flush()
+    }
+
+    /// A side entry's stored bytes. Only for tests and repair tools.
+    #[doc(hidden)]
+    pub fn raw_side(&self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let t = match tree {
+            "runs" => &self.runs,
+            "progress" => &self.progress,
+            "epochs" => &self.epochs,
+            _ => &self.meta,
+        };
+        Ok(t.get(key).map_err(|e| self.storage(e))?.map(|v| v.to_vec()))
     }
 
     pub fn flush(&self) -> Result<()> {
@@ -415,9 +576,14 @@ impl Journal {
         self.write(&meta.run_id, 1, first, at_ms, Some(meta))
     }
 
+    /// A run's metadata; an entry that does not verify is an error, never "no such run".
     pub fn run_meta(&self, run: &str) -> Result<Option<RunMeta>> {
-        let v = self.runs.get(run).map_err(|e| self.storage(e))?;
-        Ok(v.and_then(|v| bincode::deserialize(&v).ok()))
+        let Some(v) = self.runs.get(run).map_err(|e| self.storage(e))? else {
+            return Ok(None);
+        };
+        side_value(envelope::side::RUN_META, &v)
+            .map(Some)
+            .map_err(|d| self.corrupt_side("runs", run.to_string(), d))
     }
 
     /// Every run, oldest first.
@@ -425,7 +591,8 @@ impl Journal {
         let mut out = vec![];
         for item in self.runs.iter() {
             let (k, v) = item.map_err(|e| self.storage(e))?;
-            let meta = bincode::deserialize(&v).unwrap_or_else(|_| RunMeta {
+            // A corrupt entry is listed (loading the run reports it), never dropped.
+            let meta = side_value(envelope::side::RUN_META, &v).unwrap_or_else(|_| RunMeta {
                 run_id: String::from_utf8_lossy(&k).into_owned(),
                 task_id: "?".into(),
                 attempt: 0,
@@ -501,7 +668,7 @@ impl Journal {
             })
             .collect();
         let prev_key = (expected_seq > 1).then(|| record_key(run, expected_seq - 1));
-        let new_run = new_run.map(|m| bincode::serialize(m).expect("run meta serializes"));
+        let new_run = new_run.map(|m| side_bytes(envelope::side::RUN_META, m));
         let outcome =
             (&self.records, &self.meta, &self.runs).transaction(|(records, meta, runs)| {
                 let current = meta.get(EPOCH_KEY)?.map_or(0, |v| be_u64(&v));
@@ -582,17 +749,21 @@ impl Journal {
         Ok(last.map_or(1, |k| seq_of(&k) + 1))
     }
 
+    /// A run's progress (zero when none was saved); an entry that does not verify is an error,
+    /// never a silent zero (that would ship the whole output again).
     pub fn progress(&self, run: &str) -> Result<Progress> {
-        let v = self.progress.get(run).map_err(|e| self.storage(e))?;
-        Ok(v.and_then(|v| bincode::deserialize(&v).ok())
-            .unwrap_or_default())
+        match self.progress.get(run).map_err(|e| self.storage(e))? {
+            None => Ok(Progress::default()),
+            Some(v) => side_value(envelope::side::PROGRESS, &v)
+                .map_err(|d| self.corrupt_side("progress", run.to_string(), d)),
+        }
     }
 
     pub fn set_progress(&self, run: &str, progress: &Progress) -> Result<()> {
         if self.epoch.is_none() {
             return Err(JournalError::ReadOnly);
         }
-        let v = bincode::serialize(progress).expect("progress serializes");
+        let v = side_bytes(envelope::side::PROGRESS, progress);
         self.progress.insert(run, v).map_err(|e| self.storage(e))?;
         self.flush()
     }
@@ -653,7 +824,19 @@ impl Journal {
 
     /// Fold a run's records into its state; refuses a run with any unverifiable record.
     pub fn load_run(&self, run: &str) -> Result<LoadedRun> {
-        if self.run_meta(run)?.is_none() {
+        let meta = match self.run_meta(run) {
+            Err(JournalError::CorruptSide { detail, .. }) => {
+                return Err(JournalError::Corrupt {
+                    run: run.to_string(),
+                    problem: Problem {
+                        seq: 0,
+                        detail: format!("run metadata entry: {detail}"),
+                    },
+                })
+            }
+            other => other?,
+        };
+        if meta.is_none() {
             return Err(JournalError::NoSuchRun {
                 run: run.to_string(),
             });

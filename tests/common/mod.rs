@@ -131,5 +131,7 @@ pub fn json(out: &Output) -> serde_json::Value {
         )
     })
 }
+pub mod agent;
 pub mod imds;
+pub mod proxy;
 pub mod server;
