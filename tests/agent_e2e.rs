@@ -934,11 +934,15 @@ fn a_transient_clone_failure_is_retried_not_fatal() {
     );
     // The first attempt fails (nothing listens); the git server starts before the retries end.
     let deadline = Instant::now() + Duration::from_secs(300);
-    while !env
-        .inspect(Some(&id))
-        .to_string()
-        .contains("retryable: cannot fetch repository")
-    {
+    let journal_text = || {
+        let out = Command::new(common::bin())
+            .args(["journal", "inspect", &id, "--json", "--journal-dir"])
+            .arg(env.root.join("agent-a-journal"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    while !journal_text().contains("retryable: cannot fetch repository") {
         assert!(
             Instant::now() < deadline,
             "no retryable failure: {}",

@@ -419,15 +419,6 @@ pub fn daemon(settings: AgentSettings, opts: DaemonOptions) -> anyhow::Result<i3
             &json!({"worker": worker, "queues": ids}),
         )
     })?;
-    tracing::info!(
-        "worker {worker} listening to {} on {}",
-        queues
-            .iter()
-            .map(|(_, n)| n.as_str())
-            .collect::<Vec<_>>()
-            .join(", "),
-        settings.api_server
-    );
     let reporter = Reporter::start(
         api.clone(),
         worker.clone(),
@@ -482,6 +473,16 @@ pub fn daemon(settings: AgentSettings, opts: DaemonOptions) -> anyhow::Result<i3
         Err(e) => tracing::warn!("compacting the journal: {e}"),
     }
     start_preemption_watcher(&settings, controls.clone());
+    // Ready: the journal is open and the runs of an earlier life are done.
+    tracing::info!(
+        "worker {worker} listening to {} on {}",
+        queues
+            .iter()
+            .map(|(_, n)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        settings.api_server
+    );
     let poll = Duration::from_secs_f64(
         opts.polling_interval_s
             .unwrap_or(settings.polling_interval_s),
