@@ -1168,3 +1168,69 @@ fn preemption_auto_mode_talks_to_a_metadata_service_only_on_its_cloud() {
     });
     d.stop();
 }
+
+/// Issue 9, item 5: a repository URL with a password: the journal stores it without (a reference
+/// to the task's URL instead), so no file of the journal holds the password, and the failure
+/// reason the user sees masks it.
+#[test]
+fn repository_credentials_never_reach_the_journal() {
+    let env = Env::new();
+    let port = common::agent::free_port();
+    let id = env.make_task(json!({"project": "e2e", "name": "with password",
+        "repo": format!("https://bob:hunter2secret@127.0.0.1:{port}/r.git"), "script": "x.py",
+        "packages": ["six"], "queue": "default"}));
+    let mut daemon = env.daemon_with(
+        "agent-a",
+        &[("CLEARML_AGENT__AGENT__STAGE_RETRY_BASE_SEC", "0.1")],
+    );
+    let t = env.wait_final(&id, &daemon);
+    daemon.stop();
+    assert_eq!(t["status"], "failed", "nothing listens there: {t}");
+    let reason = t["status_reason"].as_str().unwrap_or("");
+    assert!(reason.contains("127.0.0.1") && !reason.contains("hunter2secret"), "{reason}");
+    fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            if e.path().is_dir() {
+                files(&e.path(), out);
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    let mut all = vec![];
+    files(&env.root.join("agent-a-journal"), &mut all);
+    assert!(all.len() >= 2);
+    for f in all {
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(
+            !bytes.windows(13).any(|w| w == b"hunter2secret"),
+            "{} holds the password",
+            f.display()
+        );
+    }
+    let text = env.inspect(Some(&id)).to_string();
+    assert!(text.contains(&format!("https://127.0.0.1:{port}/r.git")), "{text}");
+}
+
+/// Issue 10: terminal runs older than `agent.journal.retention` are compacted when the daemon
+/// starts (here a retention of 0 s), and stay readable.
+#[test]
+fn finished_runs_are_compacted_when_the_daemon_starts() {
+    let env = Env::new();
+    let (repo, _, _) = make_repo(&env.root);
+    let id = env.make_task(json!({"project": "e2e", "name": "to compact", "repo": format!("file://{}", repo.display()), "script": "fail.py", "packages": ["six"], "queue": "default"}));
+    let mut a = env.daemon("agent-a");
+    env.wait_final(&id, &a);
+    a.stop();
+    assert_eq!(env.inspect(None)[0]["compacted"], false);
+    let mut b = env.daemon_with("agent-a", &[("CLEARML_AGENT__AGENT__JOURNAL__RETENTION", "0s")]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !b.tail().contains("compacted 1 finished run") {
+        assert!(Instant::now() < deadline, "{}", b.tail());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    b.stop();
+    let runs = env.inspect(None);
+    assert_eq!(runs[0]["compacted"], true, "{runs}");
+    assert_eq!(runs[0]["state"], "failed", "{runs}");
+}
