@@ -1187,7 +1187,10 @@ fn repository_credentials_never_reach_the_journal() {
     daemon.stop();
     assert_eq!(t["status"], "failed", "nothing listens there: {t}");
     let reason = t["status_reason"].as_str().unwrap_or("");
-    assert!(reason.contains("127.0.0.1") && !reason.contains("hunter2secret"), "{reason}");
+    assert!(
+        reason.contains("127.0.0.1") && !reason.contains("hunter2secret"),
+        "{reason}"
+    );
     fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
         for e in std::fs::read_dir(dir).unwrap().flatten() {
             if e.path().is_dir() {
@@ -1209,7 +1212,10 @@ fn repository_credentials_never_reach_the_journal() {
         );
     }
     let text = env.inspect(Some(&id)).to_string();
-    assert!(text.contains(&format!("https://127.0.0.1:{port}/r.git")), "{text}");
+    assert!(
+        text.contains(&format!("https://127.0.0.1:{port}/r.git")),
+        "{text}"
+    );
 }
 
 /// Issue 10: terminal runs older than `agent.journal.retention` are compacted when the daemon
@@ -1223,7 +1229,10 @@ fn finished_runs_are_compacted_when_the_daemon_starts() {
     env.wait_final(&id, &a);
     a.stop();
     assert_eq!(env.inspect(None)[0]["compacted"], false);
-    let mut b = env.daemon_with("agent-a", &[("CLEARML_AGENT__AGENT__JOURNAL__RETENTION", "0s")]);
+    let mut b = env.daemon_with(
+        "agent-a",
+        &[("CLEARML_AGENT__AGENT__JOURNAL__RETENTION", "0s")],
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     while !b.tail().contains("compacted 1 finished run") {
         assert!(Instant::now() < deadline, "{}", b.tail());

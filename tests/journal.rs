@@ -339,3 +339,40 @@ fn the_journal_is_readable_by_its_owner_only() {
     walk(&dirs.journal, &mut files);
     assert!(files >= 2, "sled's files were checked");
 }
+
+/// Issue 12 ahead: one runner per run, on threads of their own, sharing one journal (appends are
+/// per run). Both runs complete, both verify, and a real handler's runner can be sent to a thread.
+#[test]
+fn runners_on_several_threads_share_one_journal() {
+    fn sendable<T: Send>() {}
+    sendable::<Runner<clearml_agent::effects::real::RealEffects>>();
+    let dirs = Dirs::new();
+    let journal = writer(&dirs, JournalConfig::default());
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let journal = journal.clone();
+            let effects_dir = dirs.effects.join(format!("e{i}"));
+            std::thread::spawn(move || {
+                let effects = SimulatedEffects::new(&effects_dir, Script::default()).unwrap();
+                let mut runner = Runner::new(journal, effects, SystemClock);
+                let run = runner
+                    .start(
+                        TaskSnapshot {
+                            task_id: format!("t{i}"),
+                            ..Default::default()
+                        },
+                        Default::default(),
+                    )
+                    .unwrap();
+                let driven = runner.drive(&run).unwrap();
+                assert_eq!(driven.state().outcome, Some(Outcome::Completed));
+                run
+            })
+        })
+        .collect();
+    for h in handles {
+        let run = h.join().unwrap();
+        assert!(journal.verify_run(&run).unwrap().ok(), "{run}");
+    }
+    assert_eq!(journal.runs().unwrap().len(), 4);
+}
