@@ -375,8 +375,15 @@ fn observe(w: &World, rt: &dyn Runtime, state: &RunState, ctx: &mut EffectCtx) -
         secs(s.polling_interval_s),
         secs(s.task_ping_interval_s),
     );
-    let (mut last_flush, mut last_poll, mut last_ping) =
-        (Instant::now(), Instant::now(), Instant::now());
+    // The first pass ships at once: a re-attached run delivers what was printed while no agent
+    // watched without waiting a flush interval.
+    let (mut last_flush, mut last_poll, mut last_ping) = (
+        Instant::now()
+            .checked_sub(flush_every)
+            .unwrap_or_else(Instant::now),
+        Instant::now(),
+        Instant::now(),
+    );
     let mut created_polls = 0;
     loop {
         match rt.status(&facts) {
