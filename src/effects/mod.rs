@@ -82,6 +82,20 @@ impl std::fmt::Display for EffectError {
 
 pub type EffectOutcome = Result<EffectResult, EffectError>;
 
+/// An installer or tool started for an effect dies with the agent (SIGKILL when the thread that
+/// started it is gone): after a `kill -9` it must not go on writing into a directory the next
+/// agent rebuilds. (The user process is the opposite: it runs under its own supervisor.)
+pub fn die_with_agent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
 /// What reconciling an unanswered intent found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reconciled {

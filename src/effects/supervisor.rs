@@ -136,6 +136,8 @@ pub fn launch(
         return Ok(found);
     }
     let mut cmd = Command::new(agent_exe);
+    // The program may be `/proc/self/exe`: `ps` shows the name instead.
+    cmd.arg0("clearml-agent");
     cmd.arg("supervise")
         .arg("--run-dir")
         .arg(run_dir)
