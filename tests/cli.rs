@@ -134,6 +134,8 @@ fn diagnostics_can_be_json_lines_for_log_collectors() {
         .env_remove("CLEARML_CONFIG_FILE")
         .env("HOME", home.path())
         .env("CLEARML_API_HOST", format!("http://127.0.0.1:{port}"))
+        .env("CLEARML_API_ACCESS_KEY", "KEY")
+        .env("CLEARML_API_SECRET_KEY", "SECRET")
         .env("CLEARML_AGENT__AGENT__PREEMPTION__ENABLED", "false")
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
