@@ -107,6 +107,8 @@ impl Bench {
                 let mut c = Command::new(common::bin());
                 c.args(["daemon", "--queue", "default", "--foreground"])
                     .env("CLEARML_AGENT__AGENT__TOOLS_DIR", self.root.join("tools"))
+                    // Never the cloud metadata address from a benchmark.
+                    .env("CLEARML_AGENT__AGENT__PREEMPTION__ENABLED", "false")
                     .env("CLEARML_WORKER_ID", "rust:0");
                 c
             }

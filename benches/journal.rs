@@ -65,14 +65,17 @@ fn replay_speed(runs: usize) -> (f64, f64, u64, u64, f64) {
         let mut runner = Runner::new(j, effects, SystemClock);
         for i in 0..runs {
             let run = runner
-                .start(TaskSnapshot {
-                    task_id: format!("{i:032x}"),
-                    name: "bench task".into(),
-                    repository: Some("https://github.com/allegroai/clearml.git".into()),
-                    entry_point: Some("examples/train.py".into()),
-                    requirements: Some("six\ntorch==2.5.1\n".into()),
-                    ..Default::default()
-                })
+                .start(
+                    TaskSnapshot {
+                        task_id: format!("{i:032x}"),
+                        name: "bench task".into(),
+                        repository: Some("https://github.com/allegroai/clearml.git".into()),
+                        entry_point: Some("examples/train.py".into()),
+                        requirements: Some("six\ntorch==2.5.1\n".into()),
+                        ..Default::default()
+                    },
+                    Default::default(),
+                )
                 .unwrap();
             runner.drive(&run).unwrap();
         }

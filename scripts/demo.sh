@@ -34,8 +34,10 @@ id=$("$VENV/bin/python" tests/python/sdk_flow.py "$DEMO/sample.py" demo "sample 
   "$VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 echo "task $id created and enqueued on 'default'"
 echo "== clearml-agent daemon --queue default (runs one task here, then exits)"
+# The preemption watcher stays off: the demo sends traffic to loopback only.
 CLEARML_AGENT_JOURNAL_DIR="$DEMO/agent-journal" CLEARML_AGENT__AGENT__RUNS_DIR="$DEMO/agent-runs" \
-  CLEARML_AGENT__AGENT__VENVS_DIR="$DEMO/venvs" "$B" daemon --queue default --foreground --max-tasks 1 2>&1 | sed 's/^/  daemon | /'
+  CLEARML_AGENT__AGENT__VENVS_DIR="$DEMO/venvs" CLEARML_AGENT__AGENT__PREEMPTION__ENABLED=false \
+  "$B" daemon --queue default --foreground --max-tasks 1 2>&1 | sed 's/^/  daemon | /'
 status=$("$VENV/bin/python" tests/python/status.py "$id" 20 | tail -1 |
   "$VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["status"])')
 echo "task $id: $status; its console output as the SDK reads it:"

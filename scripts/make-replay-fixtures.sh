@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# Regenerates tests/replay/fixtures/*.json from real journals written by the real binary
-# (simulated effects). Run after an intended change of the FSM or the record format, and
-# review the diff: a fixture that changes is a behaviour change.
+# Regenerates the replay fixtures from journals written by the real binary. Run after an intended
+# change of the FSM or the record format, and review the diff: a fixture that changes is a
+# behaviour change.
+#  - tests/replay/fixtures/v2/*.json: protocol-2 runs with simulated effects (every outcome);
+#  - tests/replay/fixtures/real/*.json: runs of the real daemon (embedded server, git, venv,
+#    processes), recorded by the ignored test `record_real_handler_fixtures` in tests/crash.rs;
+#  - tests/replay/fixtures/*.json are first-schema journals, recorded before protocol 2: they are
+#    never regenerated, so that old journals keep replaying.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --quiet
 B=target/debug/clearml-agent
-OUT=tests/replay/fixtures
+OUT=tests/replay/fixtures/v2
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 mkdir -p "$OUT"
@@ -43,4 +48,5 @@ gen requeue-while-running --requeue-before wait
 gen report-retried --report-failures 2
 crash_resume resume-after-intent 4
 crash_resume resume-while-running 10
-echo "fixtures written to $OUT"
+CLEARML_TEST_VENV="$(scripts/python-venv.sh)" cargo test --quiet --test crash record_real_handler_fixtures -- --ignored
+echo "fixtures written to $OUT and tests/replay/fixtures/real"

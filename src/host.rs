@@ -1,6 +1,5 @@
-//! Facts about this machine and process, for the journal's epoch records.
-
-use crate::journal::EpochInfo;
+//! Facts about this machine and process (for the journal's epoch records, the supervisor's
+//! pid file, status reports). A leaf: it imports nothing of this crate.
 
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -22,16 +21,4 @@ pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Who this agent process is; the journal fills in the epoch number.
-pub fn this_agent() -> EpochInfo {
-    EpochInfo {
-        epoch: 0,
-        host: hostname(),
-        pid: std::process::id(),
-        boot_id: boot_id(),
-        started_ms: now_ms(),
-        agent_version: env!("CARGO_PKG_VERSION").to_string(),
-    }
 }

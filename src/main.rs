@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
 use clearml_agent::config::Config;
-use clearml_agent::effects::simulated::{Script, SimulatedEffects};
-use clearml_agent::fsm::TaskSnapshot;
+use clearml_agent::effects::simulated::{Script, SimulatedEffects, SimulatedStops};
+use clearml_agent::fsm::{PullExt, TaskSnapshot};
 use clearml_agent::host;
 use clearml_agent::journal::{export, inspect, Journal, JournalConfig};
 use clearml_agent::runner::{Driven, Runner, SystemClock};
@@ -21,6 +21,51 @@ use clearml_agent::runner::{Driven, Runner, SystemClock};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Diagnostics at this level and above: error, warn, info, debug or trace.
+    #[arg(
+        long,
+        global = true,
+        default_value = "info",
+        env = "CLEARML_AGENT_LOG_LEVEL"
+    )]
+    log_level: tracing::Level,
+    /// Same as --log-level debug.
+    #[arg(long, global = true)]
+    debug: bool,
+    /// Diagnostics as text lines, or as JSON objects for log collectors.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "CLEARML_AGENT_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Every diagnostic goes through `tracing` to stderr (stdout stays for command output).
+fn init_logging(cli: &Cli) {
+    let level = if cli.debug {
+        tracing::Level::DEBUG
+    } else {
+        cli.log_level
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let _ = match cli.log_format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }
 
 #[derive(Subcommand)]
@@ -228,6 +273,7 @@ struct SimulateArgs {
 
 fn main() {
     let cli = Cli::parse();
+    init_logging(&cli);
     let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -400,9 +446,9 @@ fn open_reader(opts: &JournalOpts) -> Result<Journal> {
         bail!("no journal at {} (pass --journal-dir)", dir.display());
     }
     let (journal, snapshot) = Journal::open_reader(&dir)?;
-    if snapshot && !opts.json {
-        eprintln!(
-            "note: {} is in use by a running agent; showing a point-in-time copy",
+    if snapshot {
+        tracing::info!(
+            "{} is in use by a running agent; showing a point-in-time copy",
             dir.display()
         );
     }
@@ -567,10 +613,16 @@ fn journal_command(command: JournalCommand) -> Result<i32> {
                 .iter()
                 .map(|r| journal.verify_run(r))
                 .collect::<Result<Vec<_>, _>>()?;
+            let side = journal.verify_side()?;
             let bad = reports.iter().filter(|r| !r.ok()).count();
             if opts.json {
-                print_json(&serde_json::json!({ "ok": bad == 0, "runs": reports }))?;
+                print_json(
+                    &serde_json::json!({ "ok": bad == 0 && side.is_empty(), "runs": reports, "side": side }),
+                )?;
             } else {
+                for p in &side {
+                    println!("journal entry {}/{}: {}", p.tree, p.key, p.detail);
+                }
                 for r in &reports {
                     if r.ok() {
                         println!(
@@ -582,9 +634,14 @@ fn journal_command(command: JournalCommand) -> Result<i32> {
                         println!("run {} {p}", r.run);
                     }
                 }
-                println!("{} run(s) checked, {bad} with problems", reports.len());
+                println!(
+                    "{} run(s) checked, {bad} with problems; {} corrupt journal entr{}",
+                    reports.len(),
+                    side.len(),
+                    if side.len() == 1 { "y" } else { "ies" }
+                );
             }
-            Ok(if bad == 0 { 0 } else { 1 })
+            Ok(if bad == 0 && side.is_empty() { 0 } else { 1 })
         }
         JournalCommand::Export { run, output, opts } => {
             let journal = open_reader(&opts)?;
@@ -599,8 +656,14 @@ fn journal_command(command: JournalCommand) -> Result<i32> {
         }
         JournalCommand::Compact { older_than, opts } => {
             let dir = journal_dir(&opts)?;
-            let journal = Journal::open_writer(&dir, host::this_agent(), JournalConfig::default())?;
+            // A maintenance epoch, stopped cleanly: the next agent's restart reason looks past it.
+            let who = clearml_agent::journal::EpochInfo {
+                role: clearml_agent::journal::MAINTENANCE.into(),
+                ..clearml_agent::journal::EpochInfo::this_process()
+            };
+            let journal = Journal::open_writer(&dir, who, JournalConfig::default())?;
             let compacted = journal.compact(host::now_ms(), older_than.as_millis() as u64)?;
+            journal.record_shutdown("journal compact")?;
             if opts.json {
                 print_json(&serde_json::json!({ "compacted": compacted }))?;
             } else {
@@ -620,7 +683,11 @@ fn simulate(args: SimulateArgs) -> Result<i32> {
         flush_every_append: !args.no_flush,
         ..JournalConfig::default()
     };
-    let journal = Journal::open_writer(&dir, host::this_agent(), config)?;
+    let journal = Journal::open_writer(
+        &dir,
+        clearml_agent::journal::EpochInfo::this_process(),
+        config,
+    )?;
     let script = Script {
         fail_at: args.fail_at,
         exit_code: args.exit_code,
@@ -628,15 +695,19 @@ fn simulate(args: SimulateArgs) -> Result<i32> {
         requeue_before: args.requeue_before,
         report_failures: args.report_failures,
     };
+    let stops = std::sync::Arc::new(SimulatedStops::new(script.clone()));
     let effects = SimulatedEffects::new(&args.effects_dir, script)
         .with_context(|| format!("effects dir {}", args.effects_dir.display()))?;
-    let mut runner = Runner::new(journal, effects, SystemClock);
+    let mut runner = Runner::new(journal, effects, SystemClock).with_stops(stops);
     let mut results = vec![];
     let mut refused = 0;
     let resumed = if args.no_resume {
         vec![]
     } else {
-        runner.resume_all("agent restart")?
+        {
+            let reason = runner.journal().restart_reason()?;
+            runner.resume_all(&reason)?
+        }
     };
     for (run, result) in resumed {
         match result {
@@ -644,7 +715,7 @@ fn simulate(args: SimulateArgs) -> Result<i32> {
             // One bad run must not stop the others.
             Err(e) => {
                 refused += 1;
-                eprintln!("clearml-agent: {e}");
+                tracing::error!("{e}");
             }
         }
     }
@@ -657,7 +728,7 @@ fn simulate(args: SimulateArgs) -> Result<i32> {
             requirements: Some("six\n".into()),
             ..TaskSnapshot::default()
         };
-        let run = runner.start(snapshot)?;
+        let run = runner.start(snapshot, PullExt::default())?;
         let driven = runner.drive(&run)?;
         results.push((run, driven));
     }

@@ -4,386 +4,11 @@
 
 mod common;
 
-use common::server::TestServer;
+use common::agent::*;
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn venv() -> PathBuf {
-    common::python_venv()
-}
-
-/// The pid a test script wrote to `file`.
-fn read_pid(file: &Path) -> i32 {
-    std::fs::read_to_string(file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-/// Waits (bounded) until `pid` is gone or a zombie.
-fn wait_gone(pid: i32, context: &dyn Fn() -> String) {
-    let gone =
-        || std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z"));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !gone() {
-        assert!(
-            Instant::now() < deadline,
-            "the user process {pid} is still alive: {}",
-            context()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn shared_cache(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("target")
-        .join(name)
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@t")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@t")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// A repository with two commits: the first prints "version one", the second "version two".
-fn make_repo(root: &Path) -> (PathBuf, String, String) {
-    let repo = root.join("repo");
-    std::fs::create_dir_all(repo.join("src")).unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    std::fs::write(
-        repo.join("src/train.py"),
-        "import six\nfrom helper import WORD\nprint('version one', WORD, six.__version__)\n",
-    )
-    .unwrap();
-    std::fs::write(repo.join("src/helper.py"), "WORD = 'plain'\n").unwrap();
-    std::fs::write(
-        repo.join("fail.py"),
-        "import sys\nprint('about to fail')\nsys.exit(3)\n",
-    )
-    .unwrap();
-    std::fs::write(repo.join("sleeper.py"), "import os, time\nopen(os.environ['PID_FILE'], 'w').write(str(os.getpid()))\nfor i in range(600):\n    print('tick', i, flush=True)\n    time.sleep(0.2)\n").unwrap();
-    std::fs::write(
-        repo.join("chatty.py"),
-        "import sys\nfor i in range(200000):\n    sys.stdout.write('line %06d\\n' % i)\n",
-    )
-    .unwrap();
-    std::fs::write(repo.join("marker.py"), "import os, time\nwith open(os.environ['MARKER_FILE'], 'a') as f:\n    f.write(os.environ['CLEARML_TASK_ID'] + ' ' + os.environ['CLEARML_WORKER_ID'] + '\\n')\ntime.sleep(0.5)\n").unwrap();
-    std::fs::write(
-        repo.join("long.py"),
-        "import os, time\nwith open(os.environ['PID_FILE'], 'a') as f:\n    f.write(str(os.getpid()) + '\\n')\nfor i in range(60):\n    print('tick %03d' % i, flush=True)\n    time.sleep(0.1)\n",
-    )
-    .unwrap();
-    // The same 60 ticks over 30 s: the crash-during-a-run tests.
-    std::fs::write(
-        repo.join("steady.py"),
-        "import os, time\nwith open(os.environ['PID_FILE'], 'a') as f:\n    f.write(str(os.getpid()) + '\\n')\nfor i in range(60):\n    print('tick %03d' % i, flush=True)\n    time.sleep(0.5)\n",
-    )
-    .unwrap();
-    std::fs::write(
-        repo.join("slow.py"),
-        "import time\nfor i in range(60):\n    print('slow %03d' % i, flush=True)\n    time.sleep(0.5)\n",
-    )
-    .unwrap();
-    std::fs::write(
-        repo.join("crashy.py"),
-        "import os, time\nwith open(os.environ['MARKER_FILE'], 'a') as f:\n    f.write(os.environ['CLEARML_TASK_ID'] + ' ' + str(os.getpid()) + '\\n')\nfor i in range(20):\n    print('line %02d' % i, flush=True)\n    time.sleep(0.05)\n",
-    )
-    .unwrap();
-    std::fs::write(
-        repo.join("burst.py"),
-        "import os, sys, time\nflag = os.environ['BURST_FLAG']\ndef wait(p):\n    while not os.path.exists(p):\n        time.sleep(0.05)\nprint('waiting', flush=True)\nwait(flag)\nfor i in range(5000):\n    print('burst %05d %s' % (i, 'x' * 40))\nsys.stdout.flush()\nopen(flag + '.done', 'w').close()\nwait(flag + '.back')\nfor i in range(20):\n    print('after %02d' % i, flush=True)\n",
-    )
-    .unwrap();
-    git(&repo, &["add", "."]);
-    git(&repo, &["commit", "-qm", "one"]);
-    let first = git(&repo, &["rev-parse", "HEAD"]);
-    std::fs::write(
-        repo.join("src/train.py"),
-        "import six\nfrom helper import WORD\nprint('version two', WORD, six.__version__)\n",
-    )
-    .unwrap();
-    git(&repo, &["commit", "-qam", "two"]);
-    let second = git(&repo, &["rev-parse", "HEAD"]);
-    (repo, first, second)
-}
-
-struct Env {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    server: TestServer,
-}
-
-impl Env {
-    fn new() -> Env {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().to_path_buf();
-        let server = TestServer::start_with(&root.join("server"), &["--access-log"]);
-        std::fs::create_dir_all(root.join("home")).unwrap();
-        Env {
-            _tmp: tmp,
-            root,
-            server,
-        }
-    }
-
-    fn client_env(&self, cmd: &mut Command) {
-        cmd.envs(self.server.client_env())
-            .env("HOME", self.root.join("home"))
-            .env("PIP_CACHE_DIR", shared_cache("pip-cache"))
-            .env("UV_CACHE_DIR", shared_cache("uv-cache"))
-            .env("MARKER_FILE", self.root.join("markers.txt"))
-            .env("PID_FILE", self.root.join("sleeper.pid"))
-            .env("BURST_FLAG", self.root.join("burst.flag"));
-    }
-
-    fn make_task(&self, spec: Value) -> String {
-        let mut cmd = Command::new(venv().join("bin/python"));
-        cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/make_task.py"))
-            .arg(spec.to_string())
-            .current_dir(&self.root);
-        self.client_env(&mut cmd);
-        let out = cmd.output().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "make_task failed: {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let line = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap();
-        serde_json::from_str::<Value>(line).unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    }
-
-    fn daemon(&self, name: &str) -> Daemon {
-        self.daemon_with(name, &[])
-    }
-
-    fn daemon_with(&self, name: &str, extra_env: &[(&str, &str)]) -> Daemon {
-        let log = self.root.join(format!("{name}.log"));
-        let mut cmd = Command::new(common::bin());
-        cmd.args([
-            "daemon",
-            "--queue",
-            "default",
-            "--foreground",
-            "--polling-interval",
-            "0.5",
-        ]);
-        self.client_env(&mut cmd);
-        cmd.env("CLEARML_WORKER_ID", format!("{name}:0"))
-            .env(
-                "CLEARML_AGENT_JOURNAL_DIR",
-                self.root.join(format!("{name}-journal")),
-            )
-            .env(
-                "CLEARML_AGENT__AGENT__RUNS_DIR",
-                self.root.join(format!("{name}-runs")),
-            )
-            .env(
-                "CLEARML_AGENT__AGENT__VENVS_DIR",
-                self.root.join(format!("{name}-venvs")),
-            )
-            .env(
-                "CLEARML_AGENT__AGENT__VENVS_CACHE__PATH",
-                self.root.join("venvs-cache"),
-            )
-            .env(
-                "CLEARML_AGENT__AGENT__VCS_CACHE__PATH",
-                self.root.join(format!("{name}-vcs")),
-            )
-            .env(
-                "CLEARML_AGENT__AGENT__TOOLS_DIR",
-                shared_cache("agent-tools"),
-            )
-            .env("CLEARML_AGENT__AGENT__STOP_GRACE_PERIOD_SEC", "2")
-            .envs(extra_env.iter().copied())
-            .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
-            .stderr(Stdio::from(
-                std::fs::File::options().append(true).open(&log).unwrap(),
-            ));
-        Daemon {
-            child: cmd.spawn().unwrap().into(),
-            log,
-        }
-    }
-
-    /// Creates a task running `script` from `repo`, starts daemon `agent-a`, waits until its
-    /// console shows `marker`, then sends the daemon `signal` and reaps it. Returns the task id,
-    /// the daemon's exit status and its log tail.
-    fn run_until_then_kill(
-        &self,
-        repo: &Path,
-        name: &str,
-        script: &str,
-        marker: &str,
-        signal: i32,
-    ) -> (String, std::process::ExitStatus, String) {
-        let id = self.make_task(json!({"project": "e2e", "name": name, "repo": format!("file://{}", repo.display()), "script": script, "packages": ["six"], "queue": "default"}));
-        let mut first = self.daemon("agent-a");
-        self.wait_console(&id, marker, &first);
-        unsafe { libc::kill(first.child.get_mut().id() as i32, signal) };
-        let status = first.child.get_mut().wait().unwrap();
-        (id, status, first.tail())
-    }
-
-    /// Waits until the task's console shows `needle` (the task has started and got that far).
-    fn wait_console(&self, id: &str, needle: &str, daemon: &Daemon) {
-        let deadline = Instant::now() + Duration::from_secs(300);
-        while !self.console(id).contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "never started: {}",
-                daemon.tail()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn wait_final(&self, id: &str, daemon: &Daemon) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(600);
-        loop {
-            let t = self.server.task(id);
-            if matches!(
-                t["status"].as_str(),
-                Some("completed" | "failed" | "stopped")
-            ) {
-                return t;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "task {id} never finished: {t}\n{}",
-                daemon.tail()
-            );
-            std::thread::sleep(Duration::from_millis(300));
-        }
-    }
-
-    /// `journal inspect --json` of agent-a's journal: every run, or one task's runs.
-    fn inspect(&self, task: Option<&str>) -> Value {
-        let out = Command::new(common::bin())
-            .args(["journal", "inspect", "--json", "--journal-dir"])
-            .arg(self.root.join("agent-a-journal"))
-            .args(task)
-            .output()
-            .unwrap();
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "journal inspect: {e}: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })
-    }
-
-    fn console(&self, id: &str) -> String {
-        let data = self
-            .server
-            .call(
-                "events.get_task_log",
-                json!({"task": id, "batch_size": 100000, "navigate_earlier": false}),
-            )
-            .ok();
-        data["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["msg"].as_str().unwrap_or(""))
-            .collect::<Vec<_>>()
-            .concat()
-    }
-}
-
-struct Daemon {
-    child: std::cell::RefCell<Child>,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-    fn stop(&mut self) {
-        let child = self.child.get_mut();
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = child.kill();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let child = self.child.get_mut();
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
-/// `git daemon` serving `base` on a free loopback port.
-struct GitDaemon(Child, u16);
-
-impl GitDaemon {
-    fn start(base: &Path) -> GitDaemon {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("git")
-            .args([
-                "daemon",
-                "--reuseaddr",
-                "--export-all",
-                "--listen=127.0.0.1",
-            ])
-            .arg(format!("--port={port}"))
-            .arg(format!("--base-path={}", base.display()))
-            .arg(base)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "git daemon did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        GitDaemon(child, port)
-    }
-}
-
-impl Drop for GitDaemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 const DIFF_HELPER: &str = "diff --git a/src/helper.py b/src/helper.py\n--- a/src/helper.py\n+++ b/src/helper.py\n@@ -1 +1 @@\n-WORD = 'plain'\n+WORD = 'patched-by-diff'\n";
 
@@ -572,6 +197,7 @@ fn execute_runs_one_task_and_its_clone_without_a_queue() {
                 "CLEARML_AGENT__AGENT__TOOLS_DIR",
                 shared_cache("agent-tools"),
             )
+            .env("CLEARML_AGENT__AGENT__PREEMPTION__ENABLED", "false")
             .env("CLEARML_WORKER_ID", "exec:0");
         cmd.output().unwrap()
     };
@@ -864,155 +490,6 @@ fn a_server_outage_mid_run_loses_nothing() {
     assert_eq!(lines, expected, "every line, in order, none lost");
 }
 
-fn wait_for_failpoint(log: &Path, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if std::fs::read_to_string(log)
-            .unwrap_or_default()
-            .contains("FAILPOINT")
-        {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The crash harness over the real pipeline: for every journal record S of a run, the agent is
-/// stopped dead right after appending S (`CLEARML_AGENT_FAILPOINTS=after-seq:S`), killed with -9,
-/// and restarted. Each time the task must end `completed` with exactly one terminal status call
-/// seen by the server, the script must have run once, and every output line must be in the log.
-#[test]
-fn kill_9_after_every_journal_record_converges_to_one_completion() {
-    let env = Env::new();
-    let (repo, _, _) = make_repo(&env.root);
-    let url = format!("file://{}", repo.display());
-    let mut crashed_at = Vec::new();
-    // Named points inside effects first (the first task also builds the venv and clones: those
-    // are the points that can only be hit once), then after every journal record.
-    let named = ["mid-install", "mid-clone", "mid-run", "after-terminal-call"];
-    let points: Vec<String> = named
-        .iter()
-        .map(|s| s.to_string())
-        .chain((1..40u64).map(|s| format!("after-seq:{s}")))
-        .collect();
-    let mut cloned_or_installed_once = true;
-    for failpoint in points {
-        let seq = failpoint.clone();
-        let id = env.make_task(json!({"project": "e2e", "name": format!("crash at {seq}"), "repo": url, "script": "crashy.py", "packages": ["six"], "queue": "default"}));
-        let mut first = env.daemon_with(
-            "agent-a",
-            &[("CLEARML_AGENT_FAILPOINTS", failpoint.as_str())],
-        );
-        let deadline = Instant::now() + Duration::from_secs(300);
-        let hit;
-        loop {
-            if std::fs::read_to_string(&first.log)
-                .unwrap_or_default()
-                .contains("FAILPOINT")
-            {
-                hit = true;
-                break;
-            }
-            if env.server.task(&id)["status"] == "completed" {
-                // A point right after the terminal call (or after its record) fires just after
-                // the server sets the status: give the agent a moment to print it.
-                hit = wait_for_failpoint(&first.log, Duration::from_secs(5));
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "seq {seq}: neither the failpoint nor completion: {}",
-                first.tail()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        unsafe { libc::kill(first.child.get_mut().id() as i32, libc::SIGKILL) };
-        first.child.get_mut().wait().unwrap();
-        if !hit {
-            assert!(
-                failpoint.starts_with("after-seq:")
-                    || failpoint == "mid-clone"
-                    || failpoint == "mid-install",
-                "the named point {failpoint} was never reached"
-            );
-            if failpoint.starts_with("after-seq:") {
-                // The run has fewer records than `seq`: every record has been crashed after.
-                break;
-            }
-            cloned_or_installed_once = false;
-            continue;
-        }
-        crashed_at.push(seq.clone());
-        let mut second = env.daemon("agent-a");
-        let t = env.wait_final(&id, &second);
-        assert_eq!(
-            t["status"],
-            "completed",
-            "crash after record {seq}: {t}\n{}",
-            second.tail()
-        );
-        second.stop();
-        let terminal_calls = env
-            .server
-            .log()
-            .lines()
-            .filter(|l| {
-                l.contains(&format!("task={id} -> 200"))
-                    && ["tasks.completed", "tasks.failed", "tasks.stopped"]
-                        .iter()
-                        .any(|e| l.contains(e))
-            })
-            .count();
-        assert_eq!(
-            terminal_calls, 1,
-            "crash after record {seq}: exactly one terminal status call"
-        );
-        let markers = std::fs::read_to_string(env.root.join("markers.txt")).unwrap_or_default();
-        let runs = markers.lines().filter(|l| l.starts_with(&id)).count();
-        assert_eq!(runs, 1, "crash after record {seq}: the script ran once");
-        let console = env.console(&id);
-        let mut lines: Vec<&str> = console.lines().filter(|l| l.starts_with("line ")).collect();
-        lines.dedup();
-        let expected: Vec<String> = (0..20).map(|i| format!("line {i:02}")).collect();
-        assert_eq!(
-            lines, expected,
-            "crash after record {seq}: every line, in order"
-        );
-    }
-    assert!(
-        crashed_at.len() >= 14,
-        "crashed at the named points and at least 12 records: {crashed_at:?}"
-    );
-    assert!(
-        crashed_at.iter().any(|c| c == "mid-run")
-            && crashed_at.iter().any(|c| c == "after-terminal-call")
-    );
-    // Across every task and every crash: the repository was cloned once and the venv built once
-    // (all later runs reuse the caches), whatever point the agent died at.
-    let all: String = env
-        .server
-        .call("tasks.get_all", json!({"only_fields": ["id"]}))
-        .ok()["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| env.console(t["id"].as_str().unwrap()))
-        .collect();
-    eprintln!("crash harness: killed -9 at {crashed_at:?}");
-    let clones = all.lines().filter(|l| l.starts_with("Cloning ")).count();
-    let builds = all.lines().filter(|l| l.starts_with("Installed ")).count();
-    assert!(
-        clones <= 2 && builds <= 2,
-        "clones {clones}, venv builds {builds} (a crash mid-clone or mid-install may redo one)"
-    );
-    if cloned_or_installed_once {
-        assert!(clones >= 1 && builds >= 1);
-    }
-}
-
 /// A spot interruption notice: the agent signals the task, requeues it at the front of its
 /// queue and stops pulling; a second daemon picks it up and completes it.
 #[test]
@@ -1031,6 +508,7 @@ fn a_preemption_notice_requeues_the_task_for_another_daemon() {
                 url.as_str(),
             ),
             ("CLEARML_AGENT__AGENT__PREEMPTION__PROVIDER", "aws"),
+            ("CLEARML_AGENT__AGENT__PREEMPTION__ENABLED", "true"),
             ("CLEARML_AGENT__AGENT__PREEMPTION__POLL_INTERVAL_SEC", "1"),
         ],
     );
@@ -1094,6 +572,7 @@ fn detached_daemon_stop_and_drain() {
                 shared_cache("agent-tools"),
             )
             .env("CLEARML_AGENT__AGENT__PID_FILE", &pid_file)
+            .env("CLEARML_AGENT__AGENT__PREEMPTION__ENABLED", "false")
             .env("CLEARML_AGENT__AGENT__STOP_GRACE_PERIOD_SEC", "2")
             .env("CLEARML_WORKER_ID", "detached:0");
         cmd.output().unwrap()
@@ -1386,4 +865,381 @@ fn output_past_the_cap_while_the_server_is_down_is_dropped_with_a_marker() {
     );
     let after: Vec<String> = (0..20).map(|i| format!("after {i:02}")).collect();
     assert_eq!(lines[marker + 1..], after, "everything after the outage");
+}
+
+/// Issue 9, item 3: the server answers 500 for 25 s around the end of a short task, then (for
+/// another task) drops every connection while it restarts. Each time every output line arrives,
+/// the final status lands exactly once, and the run is not cleaned up before.
+#[test]
+fn output_and_final_status_survive_500s_and_a_server_restart_around_the_end_of_a_task() {
+    use common::proxy::{FaultProxy, Mode};
+    let mut env = Env::new();
+    let proxy = FaultProxy::start(&env.server.api);
+    let (repo, _, _) = make_repo(&env.root);
+    let url = format!("file://{}", repo.display());
+    let mut daemon = env.daemon_with("agent-a", &[("CLEARML_API_HOST", proxy.url.as_str())]);
+    let expected: Vec<String> = (0..6).map(|i| format!("out {i}")).collect();
+
+    let id = env.make_task(json!({"project": "e2e", "name": "500s at the end", "repo": url, "script": "short.py", "packages": ["six"], "queue": "default"}));
+    env.wait_console(&id, "out 1", &daemon);
+    proxy.set(Mode::Fail500);
+    let outage = Instant::now();
+    // The script ends about 5 s into the outage; its last lines wait on disk meanwhile.
+    while outage.elapsed() < Duration::from_secs(25) {
+        assert_eq!(env.status(&id), "in_progress", "{}", daemon.tail());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let run_dir = std::fs::read_dir(env.root.join("agent-a-runs"))
+        .unwrap()
+        .flatten()
+        .any(|e| e.path().join("proc/output.log").exists());
+    assert!(
+        run_dir,
+        "the run's output stays on disk until the server has it"
+    );
+    proxy.set(Mode::Pass);
+    let t = env.wait_final(&id, &daemon);
+    assert_eq!(t["status"], "completed", "{}", daemon.tail());
+    assert_eq!(env.lines(&id, "out "), expected, "every line");
+    assert_eq!(proxy.terminal_calls(&id), 1);
+
+    let id = env.make_task(json!({"project": "e2e", "name": "restart at the end", "repo": url, "script": "short.py", "packages": ["six"], "queue": "default"}));
+    env.wait_console(&id, "out 1", &daemon);
+    proxy.set(Mode::Drop);
+    env.server.restart();
+    std::thread::sleep(Duration::from_secs(8));
+    proxy.set(Mode::Pass);
+    let t = env.wait_final(&id, &daemon);
+    assert_eq!(t["status"], "completed", "{}", daemon.tail());
+    assert_eq!(env.lines(&id, "out "), expected, "every line");
+    assert_eq!(proxy.terminal_calls(&id), 1);
+    daemon.stop();
+}
+
+/// Issue 10: a transient network error during the clone is retried with backoff (and journaled
+/// as a retryable failure) instead of failing the task; the repository comes up a few seconds
+/// later and the task completes.
+#[test]
+fn a_transient_clone_failure_is_retried_not_fatal() {
+    let env = Env::new();
+    let (_repo, first, _) = make_repo(&env.root);
+    let port = common::agent::free_port();
+    let id = env.make_task(
+        json!({"project": "e2e", "name": "late git", "repo": format!("git://127.0.0.1:{port}/repo"),
+        "commit": first, "script": "fail.py", "packages": ["six"], "queue": "default"}),
+    );
+    let daemon = env.daemon_with(
+        "agent-a",
+        &[("CLEARML_AGENT__AGENT__STAGE_RETRY_BASE_SEC", "2")],
+    );
+    // The first attempt fails (nothing listens); the git server starts before the retries end.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let journal_text = || {
+        let out = Command::new(common::bin())
+            .args(["journal", "inspect", &id, "--json", "--journal-dir"])
+            .arg(env.root.join("agent-a-journal"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    while !journal_text().contains("retryable: cannot fetch repository") {
+        assert!(
+            Instant::now() < deadline,
+            "no retryable failure: {}",
+            daemon.tail()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _git = GitDaemon::start_on(&env.root, port);
+    let t = env.wait_final(&id, &daemon);
+    assert_eq!(
+        (t["status"].as_str(), t["status_reason"].as_str()),
+        (Some("failed"), Some("worker execution exit code 3")),
+        "the clone succeeded on a retry and the script ran: {}",
+        daemon.tail()
+    );
+}
+
+/// Issue 9, items 9 and 15: a task whose script fields have the wrong JSON type, or whose entry
+/// point or working dir leaves the checkout, fails naming the field; nothing is written outside
+/// the run's directory, and the daemon goes on.
+#[test]
+fn bad_task_documents_fail_naming_the_field_and_write_nothing_outside() {
+    let env = Env::new();
+    let (repo, _, _) = make_repo(&env.root);
+    let url = format!("file://{}", repo.display());
+    let mut daemon = env.daemon("agent-a");
+    let queue = env.server.default_queue();
+    let escape = env.root.join("agent-a-runs/escaped.py");
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            json!({"repository": 5, "entry_point": "x.py"}),
+            "script.repository",
+        ),
+        (
+            json!({"diff": {"a": 1}, "entry_point": "x.py"}),
+            "script.diff",
+        ),
+        (
+            json!({"requirements": {"pip": 7}, "entry_point": "x.py"}),
+            "script.requirements.pip",
+        ),
+        (json!({"entry_point": ["x.py"]}), "script.entry_point"),
+        // No repository: the diff is the script, and it must not land outside the run dir.
+        (
+            json!({"entry_point": "../../escaped.py", "diff": "print('escaped')\n"}),
+            "script.entry_point",
+        ),
+        (
+            json!({"repository": url, "entry_point": "fail.py", "working_dir": "../.."}),
+            "script.working_dir",
+        ),
+    ];
+    for (script, field) in cases {
+        let created = env.server.call(
+            "tasks.create",
+            json!({"name": format!("bad {field}"), "type": "training", "script": script}),
+        );
+        if created.status != 200 {
+            // The server itself refused the document: the field must be named there.
+            assert!(
+                created
+                    .body
+                    .to_string()
+                    .contains(field.rsplit('.').next().unwrap()),
+                "{}",
+                created.body
+            );
+            continue;
+        }
+        let id = created.data()["id"].as_str().unwrap().to_string();
+        env.server
+            .call("tasks.enqueue", json!({"task": id, "queue": queue}))
+            .ok();
+        let t = env.wait_final(&id, &daemon);
+        assert_eq!(t["status"], "failed", "{script}: {t}");
+        let reason = t["status_reason"].as_str().unwrap_or("");
+        assert!(
+            reason.contains(field),
+            "{script}: reason {reason:?} should name {field}"
+        );
+    }
+    assert!(
+        !escape.exists(),
+        "the script was written outside the run dir"
+    );
+    daemon.stop();
+}
+
+/// Issue 9, item 15: the journal directory is deleted under a running daemon: it notices before
+/// pulling anything more, says so, and exits non-zero; the next task stays in its queue.
+#[test]
+fn a_daemon_whose_journal_dir_is_deleted_stops_pulling_with_a_clear_error() {
+    let env = Env::new();
+    let (repo, _, _) = make_repo(&env.root);
+    let mut daemon = env.daemon("agent-a");
+    let journal = env.root.join("agent-a-journal");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !daemon.tail().contains("listening to") {
+        assert!(Instant::now() < deadline, "{}", daemon.tail());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::remove_dir_all(&journal).unwrap();
+    let id = env.make_task(json!({"project": "e2e", "name": "after the journal went", "repo": format!("file://{}", repo.display()), "script": "fail.py", "packages": ["six"], "queue": "default"}));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = daemon.child.get_mut().try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon kept going: {}",
+            daemon.tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(1), "{}", daemon.tail());
+    assert!(
+        daemon.tail().contains("was removed or replaced"),
+        "{}",
+        daemon.tail()
+    );
+    assert_eq!(env.status(&id), "queued", "the task was not taken");
+}
+
+/// Issue 9, item 15: a server that accepts connections but never answers: the daemon says so
+/// within a few seconds and keeps retrying, with a progress line each time.
+#[test]
+fn a_server_that_never_answers_is_reported_within_seconds_and_retried() {
+    let env = Env::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            keep.lock().unwrap().push(conn); // accepted, never answered
+        }
+    });
+    let started = Instant::now();
+    let mut daemon = env.daemon_with("agent-a", &[("CLEARML_API_HOST", url.as_str())]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !daemon.tail().contains("attempt 2") {
+        assert!(
+            Instant::now() < deadline,
+            "no progress lines: {}",
+            daemon.tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let first = daemon.tail();
+    assert!(first.contains("has not answered yet (attempt 1"), "{first}");
+    assert!(
+        daemon.child.get_mut().try_wait().unwrap().is_none(),
+        "still retrying"
+    );
+    eprintln!(
+        "first two progress lines after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    daemon.stop();
+}
+
+/// Issue 9, item 16: `agent.preemption.enabled: auto` decides from the machine's DMI facts
+/// first. On a machine that is on no cloud it never talks to the metadata address; on "Amazon
+/// EC2" it polls that cloud's service (here a loopback stand-in).
+#[test]
+fn preemption_auto_mode_talks_to_a_metadata_service_only_on_its_cloud() {
+    let env = Env::new();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let counter = hits.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(conn);
+        }
+    });
+    let dmi = |vendor: &str, product: &str| {
+        let dir = env.root.join(format!("dmi-{}", vendor.replace(' ', "-")));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("sys_vendor"), format!("{vendor}\n")).unwrap();
+        std::fs::write(dir.join("product_name"), format!("{product}\n")).unwrap();
+        dir.display().to_string()
+    };
+    let run = |dir: &str| {
+        env.daemon_with(
+            "agent-a",
+            &[
+                ("CLEARML_AGENT__AGENT__PREEMPTION__ENABLED", "auto"),
+                (
+                    "CLEARML_AGENT__AGENT__PREEMPTION__METADATA_URL",
+                    url.as_str(),
+                ),
+                ("CLEARML_AGENT__AGENT__PREEMPTION__DMI_DIR", dir),
+                ("CLEARML_AGENT__AGENT__PREEMPTION__POLL_INTERVAL_SEC", "0.2"),
+            ],
+        )
+    };
+    let wait_for = |what: &str, d: &Daemon, f: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !f() {
+            assert!(Instant::now() < deadline, "{what}: {}", d.tail());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // Not a cloud: the daemon starts, reaches its queue loop, and never connects.
+    let mut d = run(&dmi("QEMU", "Standard PC (i440FX + PIIX, 1996)"));
+    wait_for("the queue loop", &d, &|| {
+        env.server.log().contains("queues.peek_task")
+    });
+    d.stop();
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "{}",
+        d.tail()
+    );
+    // Amazon EC2: the AWS endpoints are polled.
+    let mut d = run(&dmi("Amazon EC2", "m5.large"));
+    wait_for("polls of the metadata service", &d, &|| {
+        hits.load(std::sync::atomic::Ordering::SeqCst) >= 2
+    });
+    d.stop();
+}
+
+/// Issue 9, item 5: a repository URL with a password: the journal stores it without (a reference
+/// to the task's URL instead), so no file of the journal holds the password, and the failure
+/// reason the user sees masks it.
+#[test]
+fn repository_credentials_never_reach_the_journal() {
+    let env = Env::new();
+    let port = common::agent::free_port();
+    let id = env.make_task(json!({"project": "e2e", "name": "with password",
+        "repo": format!("https://bob:hunter2secret@127.0.0.1:{port}/r.git"), "script": "x.py",
+        "packages": ["six"], "queue": "default"}));
+    let mut daemon = env.daemon_with(
+        "agent-a",
+        &[("CLEARML_AGENT__AGENT__STAGE_RETRY_BASE_SEC", "0.1")],
+    );
+    let t = env.wait_final(&id, &daemon);
+    daemon.stop();
+    assert_eq!(t["status"], "failed", "nothing listens there: {t}");
+    let reason = t["status_reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("127.0.0.1") && !reason.contains("hunter2secret"),
+        "{reason}"
+    );
+    fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            if e.path().is_dir() {
+                files(&e.path(), out);
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    let mut all = vec![];
+    files(&env.root.join("agent-a-journal"), &mut all);
+    assert!(all.len() >= 2);
+    for f in all {
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(
+            !bytes.windows(13).any(|w| w == b"hunter2secret"),
+            "{} holds the password",
+            f.display()
+        );
+    }
+    let text = env.inspect(Some(&id)).to_string();
+    assert!(
+        text.contains(&format!("https://127.0.0.1:{port}/r.git")),
+        "{text}"
+    );
+}
+
+/// Issue 10: terminal runs older than `agent.journal.retention` are compacted when the daemon
+/// starts (here a retention of 0 s), and stay readable.
+#[test]
+fn finished_runs_are_compacted_when_the_daemon_starts() {
+    let env = Env::new();
+    let (repo, _, _) = make_repo(&env.root);
+    let id = env.make_task(json!({"project": "e2e", "name": "to compact", "repo": format!("file://{}", repo.display()), "script": "fail.py", "packages": ["six"], "queue": "default"}));
+    let mut a = env.daemon("agent-a");
+    env.wait_final(&id, &a);
+    a.stop();
+    assert_eq!(env.inspect(None)[0]["compacted"], false);
+    let mut b = env.daemon_with(
+        "agent-a",
+        &[("CLEARML_AGENT__AGENT__JOURNAL__RETENTION", "0s")],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !b.tail().contains("compacted 1 finished run") {
+        assert!(Instant::now() < deadline, "{}", b.tail());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    b.stop();
+    let runs = env.inspect(None);
+    assert_eq!(runs[0]["compacted"], true, "{runs}");
+    assert_eq!(runs[0]["state"], "failed", "{runs}");
 }

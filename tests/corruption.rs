@@ -196,3 +196,64 @@ fn a_gap_and_a_wrong_digest_are_reported() {
         "{text}"
     );
 }
+
+/// Side entries (progress, run metadata, epochs) are checksummed too: a flipped byte is reported
+/// by `journal verify` with the entry named, and reading it is an error, never a silent zero
+/// (a zero progress would ship a run's whole output again; a bad run entry is not "no run").
+#[test]
+fn a_corrupt_side_entry_is_reported_precisely_and_never_read_as_a_default() {
+    let dirs = Dirs::new();
+    for t in ["p", "m"] {
+        assert!(!run_until_failpoint(
+            dirs.simulate_cmd(&["--task-id", t]),
+            ""
+        ));
+    }
+    {
+        let j = Journal::open_writer(
+            &dirs.journal,
+            EpochInfo::default(),
+            JournalConfig::default(),
+        )
+        .unwrap();
+        j.set_progress(
+            "p.1",
+            &clearml_agent::journal::Progress {
+                log_offset_shipped: 4096,
+                last_heartbeat_ms: 1,
+            },
+        )
+        .unwrap();
+        let flip = |tree: &str, key: &[u8]| {
+            let mut v = j.raw_side(tree, key).unwrap().expect("entry exists");
+            let n = v.len();
+            v[n - 1] ^= 0x10;
+            j.put_raw_side(tree, key, &v).unwrap();
+        };
+        flip("progress", b"p.1");
+        flip("runs", b"m.1");
+        assert!(matches!(
+            j.progress("p.1"),
+            Err(clearml_agent::journal::JournalError::CorruptSide {
+                tree: "progress",
+                ..
+            })
+        ));
+        let err = j.load_run("m.1").unwrap_err().to_string();
+        assert!(err.contains("run metadata entry: CRC32C mismatch"), "{err}");
+    }
+    let out = dirs.journal(&["verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("journal entry progress/p.1: CRC32C mismatch"),
+        "{text}"
+    );
+    assert!(
+        text.contains("journal entry runs/m.1: CRC32C mismatch"),
+        "{text}"
+    );
+    let report = json(&dirs.journal(&["verify", "--json"]));
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["side"].as_array().unwrap().len(), 2);
+}

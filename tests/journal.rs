@@ -19,10 +19,13 @@ fn completed_run(journal: Journal, dirs: &Dirs, task: &str) -> (Journal, String)
     let effects = SimulatedEffects::new(&dirs.effects, Script::default()).unwrap();
     let mut runner = Runner::new(journal, effects, SystemClock);
     let run = runner
-        .start(TaskSnapshot {
-            task_id: task.into(),
-            ..Default::default()
-        })
+        .start(
+            TaskSnapshot {
+                task_id: task.into(),
+                ..Default::default()
+            },
+            Default::default(),
+        )
         .unwrap();
     let driven = runner.drive(&run).unwrap();
     assert!(matches!(driven, Driven::Terminal(ref s) if s.outcome == Some(Outcome::Completed)));
@@ -217,10 +220,12 @@ fn secrets_in_a_task_never_reach_inspect_or_export() {
     let pulled = &export["records"][0];
     assert_eq!(pulled["redacted"], true);
     assert!(pulled["raw_hex"].is_null());
-    assert!(pulled["body"]["Event"]["Pulled"]["snapshot"]["repository"]
-        .as_str()
-        .unwrap()
-        .contains("oauth2:********@git.example.com"));
+    assert!(
+        pulled["body"]["Event"]["PulledV2"]["snapshot"]["repository"]
+            .as_str()
+            .unwrap()
+            .contains("oauth2:********@git.example.com")
+    );
 }
 
 #[test]
@@ -282,4 +287,92 @@ fn the_journal_dir_comes_from_clearml_conf_and_a_bad_file_names_line_and_column(
             && err.contains("unterminated string"),
         "{err}"
     );
+}
+
+/// `journal compact` is maintenance, not an agent life: the next agent's resume reason still
+/// names the agent that died.
+#[test]
+fn compact_does_not_disturb_the_next_restart_reason() {
+    let dirs = Dirs::new();
+    assert!(run_until_failpoint(
+        dirs.simulate_cmd(&["--task-id", "r"]),
+        "after-seq:5"
+    ));
+    let out = dirs.journal(&["compact", "--older-than", "0s"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!run_until_failpoint(dirs.simulate_cmd(&[]), ""));
+    let timeline = json(&dirs.journal(&["inspect", "r", "--json"]));
+    let text = timeline.to_string();
+    assert!(
+        text.contains("agent epoch 1 (pid") && text.contains("died without a clean shutdown"),
+        "{text}"
+    );
+    assert!(!text.contains("journal compact"), "{text}");
+}
+
+/// Issue 9, item 5: the journal directory is 0700 and its files 0600.
+#[test]
+fn the_journal_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dirs = Dirs::new();
+    assert!(!run_until_failpoint(
+        dirs.simulate_cmd(&["--task-id", "x"]),
+        ""
+    ));
+    fn walk(p: &std::path::Path, seen: &mut usize) {
+        let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        if p.is_dir() {
+            assert_eq!(mode, 0o700, "{}", p.display());
+            for e in std::fs::read_dir(p).unwrap() {
+                walk(&e.unwrap().path(), seen);
+            }
+        } else {
+            assert_eq!(mode, 0o600, "{}", p.display());
+            *seen += 1;
+        }
+    }
+    let mut files = 0;
+    walk(&dirs.journal, &mut files);
+    assert!(files >= 2, "sled's files were checked");
+}
+
+/// Issue 12 ahead: one runner per run, on threads of their own, sharing one journal (appends are
+/// per run). Both runs complete, both verify, and a real handler's runner can be sent to a thread.
+#[test]
+fn runners_on_several_threads_share_one_journal() {
+    fn sendable<T: Send>() {}
+    sendable::<Runner<clearml_agent::effects::real::RealEffects>>();
+    let dirs = Dirs::new();
+    let journal = writer(&dirs, JournalConfig::default());
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let journal = journal.clone();
+            let effects_dir = dirs.effects.join(format!("e{i}"));
+            std::thread::spawn(move || {
+                let effects = SimulatedEffects::new(&effects_dir, Script::default()).unwrap();
+                let mut runner = Runner::new(journal, effects, SystemClock);
+                let run = runner
+                    .start(
+                        TaskSnapshot {
+                            task_id: format!("t{i}"),
+                            ..Default::default()
+                        },
+                        Default::default(),
+                    )
+                    .unwrap();
+                let driven = runner.drive(&run).unwrap();
+                assert_eq!(driven.state().outcome, Some(Outcome::Completed));
+                run
+            })
+        })
+        .collect();
+    for h in handles {
+        let run = h.join().unwrap();
+        assert!(journal.verify_run(&run).unwrap().ok(), "{run}");
+    }
+    assert_eq!(journal.runs().unwrap().len(), 4);
 }

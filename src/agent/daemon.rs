@@ -1,13 +1,22 @@
 //! `clearml-agent daemon` and `clearml-agent execute`: the queue loop, worker registration and
 //! status reports, and one journaled run per pulled task (see ARCHITECTURE.md for the flow).
+//!
+//! A task is only peeked at before its run is journaled: the run's first effect (the claim)
+//! takes it out of its queue, so no crash leaves a task out of its queue that no journal knows.
+//! Stops arrive through [`Controls`] (signals, `--stop`, preemption), are journaled by the
+//! runner, and a shutdown comes back from the runner as [`Driven::Detached`], acted on here.
 
-use super::effects::{snapshot_of, RealEffects, ABORT_ALL, DRAIN, SHUTDOWN};
-use super::logship::agent_line;
+use super::controls::Controls;
+use super::pull::snapshot_of;
 use super::settings::AgentSettings;
-use crate::api::{ApiClient, ApiSettings};
-use crate::journal::{Journal, JournalConfig};
-use crate::runner::{Driven, Runner, SystemClock};
-use serde_json::{json, Value};
+use super::stats::Samples;
+use crate::api::{ApiClient, ApiError, ApiSettings};
+use crate::effects::real::RealEffects;
+use crate::effects::task::{CurrentTask, World};
+use crate::fsm::{Origin, RunState};
+use crate::journal::{Journal, JournalConfig, JournalError};
+use crate::runner::{Driven, Runner, RunnerError, SystemClock};
+use serde_json::json;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,9 +31,8 @@ pub struct DaemonOptions {
     pub max_tasks: Option<usize>,
 }
 
-/// The API client for these settings, logged in.
-pub fn connect(settings: &AgentSettings, worker_id: &str) -> anyhow::Result<Arc<ApiClient>> {
-    let api = ApiSettings {
+fn api_settings(settings: &AgentSettings, worker_id: &str) -> anyhow::Result<ApiSettings> {
+    Ok(ApiSettings {
         api_host: settings.api_server.clone(),
         access_key: settings.access_key.clone(),
         secret_key: settings.secret_key.clone(),
@@ -32,33 +40,82 @@ pub fn connect(settings: &AgentSettings, worker_id: &str) -> anyhow::Result<Arc<
         worker_id: Some(worker_id.to_string()),
         method: settings.http_method.parse()?,
         ..ApiSettings::default()
-    };
+    })
+}
+
+/// Waits until the server answers at all: a server that accepts connections but never answers
+/// is reported within `agent.startup_probe_timeout_sec`, then retried with a progress line each
+/// time (at most `attempts` times; `None` for ever).
+fn wait_for_server(
+    settings: &AgentSettings,
+    api: &ApiSettings,
+    attempts: Option<u32>,
+) -> anyhow::Result<()> {
+    let probe = ApiClient::new(ApiSettings {
+        timeout: Duration::from_secs_f64(settings.startup_probe_timeout_s),
+        max_attempts: 1,
+        ..api.clone()
+    })?;
+    let started = Instant::now();
+    for attempt in 1u32.. {
+        match probe.call("debug.ping", &json!({})) {
+            Ok(_) | Err(ApiError::Auth { .. }) => return Ok(()),
+            Err(e @ ApiError::Server { code, .. }) if code < 500 => {
+                tracing::debug!("debug.ping: {e}");
+                return Ok(());
+            }
+            Err(e) if attempts.is_some_and(|n| attempt >= n) => return Err(e.into()),
+            Err(e) => {
+                let pause = Duration::from_secs(1u64 << attempt.min(5));
+                tracing::warn!(
+                    "the ClearML server at {} has not answered yet (attempt {attempt}, {:.0} s so far): {e}; retrying in {} s",
+                    settings.api_server,
+                    started.elapsed().as_secs_f64(),
+                    pause.as_secs()
+                );
+                std::thread::sleep(pause);
+            }
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+/// The API client for these settings, logged in.
+pub fn connect(
+    settings: &AgentSettings,
+    worker_id: &str,
+    attempts: Option<u32>,
+) -> anyhow::Result<Arc<ApiClient>> {
+    let api = api_settings(settings, worker_id)?;
+    wait_for_server(settings, &api, attempts)?;
     let client = ApiClient::new(api)?;
-    client.login()?;
+    retry_transient("logging in", attempts, api_transient, || client.login())?;
     Ok(Arc::new(client))
 }
 
-extern "C" fn on_signal(_: libc::c_int) {
-    SHUTDOWN.store(true, Ordering::SeqCst);
+fn api_transient(e: &ApiError) -> bool {
+    crate::effects::task::api_failure(e.clone()).retryable
 }
 
-extern "C" fn on_stop(_: libc::c_int) {
-    ABORT_ALL.store(true, Ordering::SeqCst);
-}
-
-extern "C" fn on_drain(_: libc::c_int) {
-    DRAIN.store(true, Ordering::SeqCst);
-}
-
-/// SIGTERM and SIGINT ask the daemon to stop pulling and exit, leaving running tasks to their
-/// supervisors; SIGUSR1 (`--stop`) aborts them first; SIGUSR2 (`--stop --drain`) lets them finish.
-pub fn install_signal_handlers() {
-    unsafe {
-        libc::signal(libc::SIGUSR1, on_stop as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGUSR2, on_drain as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+/// Start-up calls: a server that is down or answers 5xx is waited for (with a progress line
+/// each time); any other error is returned.
+fn retry_transient<T, E: std::fmt::Display>(
+    what: &str,
+    attempts: Option<u32>,
+    transient: impl Fn(&E) -> bool,
+    mut f: impl FnMut() -> Result<T, E>,
+) -> Result<T, E> {
+    for attempt in 1u32.. {
+        match f() {
+            Err(e) if transient(&e) && attempts.is_none_or(|n| attempt < n) => {
+                let pause = Duration::from_secs(1u64 << attempt.min(5));
+                tracing::warn!("{what}: {e}; retrying in {} s", pause.as_secs());
+                std::thread::sleep(pause);
+            }
+            other => return other,
+        }
     }
+    unreachable!("the loop returns")
 }
 
 /// Queue names (or ids) to ids, as the Python agent resolves them.
@@ -115,108 +172,9 @@ fn regex_escape(s: &str) -> String {
         .collect()
 }
 
-/// Bytes received and sent on every non-loopback interface (`/proc/net/dev`).
-fn net_bytes() -> Option<(u64, u64)> {
-    let text = std::fs::read_to_string("/proc/net/dev").ok()?;
-    let mut rx = 0;
-    let mut tx = 0;
-    for line in text.lines().skip(2) {
-        let (name, rest) = line.split_once(':')?;
-        if name.trim() == "lo" {
-            continue;
-        }
-        let f: Vec<u64> = rest
-            .split_whitespace()
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        rx += f.first().copied().unwrap_or(0);
-        tx += f.get(8).copied().unwrap_or(0);
-    }
-    Some((rx, tx))
-}
-
-/// Previous samples, to turn counters into rates, and the GPU source.
-struct Samples {
-    cpu: Option<(u64, u64)>,
-    net: Option<(u64, u64, Instant)>,
-    gpus: Box<dyn super::gpu::GpuStats>,
-}
-
-impl Default for Samples {
-    fn default() -> Self {
-        Samples {
-            cpu: None,
-            net: None,
-            gpus: super::gpu::detect(),
-        }
-    }
-}
-
-/// Machine stats for `workers.status_report` (CPU, memory, disk, network, and GPU fields when
-/// NVML is present, in the units the Python agent reports).
-fn machine_stats(prev: &mut Samples) -> Value {
-    let mut stats = serde_json::Map::new();
-    let gpu = prev.gpus.sample();
-    super::gpu::add_to_stats(&mut stats, &gpu);
-    if let Some((rx, tx)) = net_bytes() {
-        if let Some((prx, ptx, at)) = prev.net {
-            let dt = at.elapsed().as_secs_f64().max(0.001);
-            let mb = |d: u64| ((d as f64 / 1_048_576.0 / dt) * 1000.0).round() / 1000.0;
-            stats.insert("network_rx".into(), json!(mb(rx.saturating_sub(prx))));
-            stats.insert("network_tx".into(), json!(mb(tx.saturating_sub(ptx))));
-        }
-        prev.net = Some((rx, tx, Instant::now()));
-    }
-    let prev_cpu = &mut prev.cpu;
-    if let Ok(stat) = std::fs::read_to_string("/proc/stat") {
-        let fields: Vec<u64> = stat
-            .lines()
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
-        let total: u64 = fields.iter().sum();
-        if let Some((pt, pi)) = *prev_cpu {
-            let dt = total.saturating_sub(pt).max(1);
-            let usage = 100.0 * (1.0 - idle.saturating_sub(pi) as f64 / dt as f64);
-            stats.insert("cpu_usage".into(), json!([(usage * 100.0).round() / 100.0]));
-        }
-        *prev_cpu = Some((total, idle));
-    }
-    if let Ok(mem) = std::fs::read_to_string("/proc/meminfo") {
-        let kb = |k: &str| {
-            mem.lines()
-                .find_map(|l| l.strip_prefix(k))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse::<f64>().ok())
-        };
-        if let (Some(total), Some(avail)) = (kb("MemTotal:"), kb("MemAvailable:")) {
-            stats.insert("memory_free".into(), json!((avail / 1024.0).round()));
-            stats.insert(
-                "memory_used".into(),
-                json!(((total - avail) / 1024.0).round()),
-            );
-        }
-    }
-    if let Some(home) = std::env::var_os("HOME") {
-        let c = std::ffi::CString::new(home.to_string_lossy().as_bytes()).unwrap_or_default();
-        let mut vfs: libc::statvfs = unsafe { std::mem::zeroed() };
-        if unsafe { libc::statvfs(c.as_ptr(), &mut vfs) } == 0 && vfs.f_blocks > 0 {
-            stats.insert(
-                "disk_free_home".into(),
-                json!((100.0 * vfs.f_bavail as f64 / vfs.f_blocks as f64).round()),
-            );
-        }
-    }
-    Value::Object(stats)
-}
-
 /// Sends `workers.status_report` every interval from a thread, with the current task.
 struct Reporter {
-    current: super::effects::CurrentTask,
+    current: CurrentTask,
 }
 
 impl Reporter {
@@ -226,18 +184,18 @@ impl Reporter {
         queues: Vec<String>,
         every: Duration,
     ) -> Reporter {
-        let current: super::effects::CurrentTask = Arc::new(Mutex::new(None));
+        let current: CurrentTask = Arc::new(Mutex::new(None));
         let shared = current.clone();
         std::thread::spawn(move || {
-            let mut prev = Samples::default();
-            machine_stats(&mut prev);
+            let mut samples = Samples::default();
+            samples.machine_stats();
             let mut next = Instant::now() + Duration::from_secs(3).min(every);
             loop {
                 while Instant::now() < next {
                     std::thread::sleep(Duration::from_millis(200));
                 }
                 next = Instant::now() + every;
-                let mut body = json!({"worker": worker, "timestamp": crate::host::now_ms() / 1000 * 1000, "queues": queues, "machine_stats": machine_stats(&mut prev)});
+                let mut body = json!({"worker": worker, "timestamp": crate::host::now_ms() / 1000 * 1000, "queues": queues, "machine_stats": samples.machine_stats()});
                 if let Some((task, queue)) =
                     shared.lock().unwrap_or_else(|e| e.into_inner()).clone()
                 {
@@ -255,117 +213,114 @@ impl Reporter {
     }
 }
 
+/// This binary, to start again as a supervisor: `/proc/self/exe` names the running image even
+/// after the file was replaced by an upgrade (then `current_exe` names a deleted path).
+fn agent_exe() -> std::io::Result<std::path::PathBuf> {
+    let proc_exe = std::path::PathBuf::from("/proc/self/exe");
+    if proc_exe.exists() {
+        return Ok(proc_exe);
+    }
+    std::env::current_exe()
+}
+
 fn open_runner(
     settings: &AgentSettings,
     api: Arc<ApiClient>,
     worker_id: &str,
+    controls: Arc<Controls>,
+    current_task: Option<CurrentTask>,
 ) -> anyhow::Result<Runner<RealEffects>> {
     let journal = Journal::open_writer(
         &settings.journal_dir,
-        crate::host::this_agent(),
+        crate::journal::EpochInfo::this_process(),
         JournalConfig {
             flush_every_append: settings.journal_flush,
             ..JournalConfig::default()
         },
     )?;
-    let exe = std::env::current_exe()?;
-    let mut effects = RealEffects::new(settings.clone(), api.clone(), worker_id.to_string(), exe);
-    let (api2, worker, marks) = (api, worker_id.to_string(), journal.clone());
-    effects.on_shutdown = Box::new(move |why| {
-        // The user process stays under its supervisor; the next start re-attaches to it.
-        if let Err(e) = marks.record_shutdown(why) {
-            eprintln!("clearml-agent: recording the shutdown in the journal: {e}");
-        }
-        let _ = api2.call("workers.unregister", &json!({"worker": worker}));
-        eprintln!("clearml-agent: shutting down; the running task stays under its supervisor and is resumed on the next start");
-        std::process::exit(0);
-    });
-    Ok(Runner::new(journal, effects, SystemClock))
-}
-
-/// Watches for preemption notices where the metadata endpoint answers (or when forced on).
-fn start_preemption_watcher(settings: &AgentSettings) {
-    let providers =
-        super::preemption::Provider::parse(&settings.preemption_provider).unwrap_or_default();
-    let base = settings.preemption_metadata_url.clone();
-    let on = match settings.preemption_enabled {
-        Some(forced) => forced,
-        None => super::preemption::endpoint_answers(&base),
+    let world = World {
+        settings: settings.clone(),
+        api,
+        worker_id: worker_id.to_string(),
+        agent_exe: agent_exe()?,
+        current_task,
     };
-    if on {
-        eprintln!("clearml-agent daemon: watching {base} for preemption notices");
-        super::preemption::start(
-            base,
-            providers,
-            Duration::from_secs_f64(settings.preemption_poll_s),
-        );
-    }
+    Ok(Runner::new(journal, RealEffects::new(world), SystemClock)
+        .with_stops(controls)
+        .with_retry_base(Duration::from_secs_f64(settings.stage_retry_base_s)))
 }
 
-/// Drives a run until it is terminal; a report that keeps failing is retried with a pause.
+/// Watches for preemption notices on the cloud this machine is on (never elsewhere).
+fn start_preemption_watcher(settings: &AgentSettings, controls: Arc<Controls>) {
+    use super::preemption::{local_cloud, providers_to_watch, Provider};
+    let configured = Provider::parse(&settings.preemption_provider).unwrap_or_default();
+    let local = match settings.preemption_enabled {
+        Some(false) => None,
+        _ => local_cloud(&settings.preemption_dmi_dir),
+    };
+    let providers = providers_to_watch(settings.preemption_enabled, &configured, local);
+    if providers.is_empty() {
+        tracing::debug!("preemption watcher off (no cloud detected, or disabled)");
+        return;
+    }
+    let base = settings.preemption_metadata_url.clone();
+    tracing::info!("watching {base} for preemption notices ({providers:?})");
+    super::preemption::start(
+        base,
+        providers,
+        Duration::from_secs_f64(settings.preemption_poll_s),
+        controls,
+    );
+}
+
+/// How driving a run to its end came out.
+enum Ended {
+    Terminal(Box<RunState>),
+    /// The agent is shutting down; the run stays for the next start.
+    Detached(String),
+}
+
+/// Drives a run until it is terminal; a report or claim that keeps failing is retried with a
+/// growing pause and a progress line each time.
 fn drive_to_end(
     runner: &mut Runner<RealEffects>,
+    controls: &Controls,
     run: &str,
-) -> anyhow::Result<crate::fsm::RunState> {
-    let mut driven = runner.drive(run)?;
+    driven: Result<Driven, RunnerError>,
+) -> Result<Ended, RunnerError> {
+    let mut driven = driven?;
+    let mut pause = Duration::from_secs(1);
     loop {
         match driven {
-            Driven::Terminal(state) => return Ok(state),
+            Driven::Terminal(state) => return Ok(Ended::Terminal(Box::new(state))),
+            Driven::Detached { reason, .. } => return Ok(Ended::Detached(reason)),
             Driven::Deferred { reason, .. } => {
-                eprintln!("clearml-agent: run {run}: {reason}");
-                std::thread::sleep(Duration::from_secs(5));
+                tracing::warn!("run {run}: {reason} (next try in {} s)", pause.as_secs());
+                let until = Instant::now() + pause;
+                while Instant::now() < until {
+                    if controls.shutdown.load(Ordering::SeqCst) {
+                        return Ok(Ended::Detached("SIGTERM or SIGINT".into()));
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                pause = (pause * 2).min(Duration::from_secs(30));
                 driven = runner.drive(run)?;
             }
         }
     }
 }
 
-/// Pulls one task's document and runs it through the journaled pipeline. `announce` runs once
-/// the task is ours (journaled and marked started).
-fn run_task(
-    runner: &mut Runner<RealEffects>,
-    api: &ApiClient,
-    worker: &str,
-    task_id: &str,
-    queue: Option<&str>,
-    announce: &mut dyn FnMut(),
-) -> anyhow::Result<crate::fsm::RunState> {
-    let task = api.call("v2.5/tasks.get_by_id", &json!({"task": task_id}))?["task"].clone();
-    // Journal first: from here on a crash leaves a run to resume (the resume check re-claims a
-    // task still marked queued), never a started task that no agent knows about.
-    let run = runner.start(snapshot_of(&task, queue))?;
-    if let Err(e) = api.call(
-        "v2.5/tasks.started",
-        &json!({"task": task_id, "force": true, "status_message": "pulled by agent"}),
-    ) {
-        eprintln!("clearml-agent: task {task_id} could not be started: {e}");
-        runner.request_stop(
-            &run,
-            crate::fsm::StopRequest::Abort {
-                by: format!("could not be started: {e}"),
-            },
-        )?;
-        return drive_to_end(runner, &run);
-    }
-    announce();
-    // Runtime bookkeeping the UI shows, as the Python agent writes it.
-    let mut runtime = task["runtime"].as_object().cloned().unwrap_or_default();
-    runtime.insert(
-        "_exec_agent_hostname".into(),
-        json!(crate::host::hostname()),
-    );
-    let _ = api.call(
-        "tasks.edit",
-        &json!({"task": task_id, "force": true, "runtime": runtime}),
-    );
-    let _ = agent_line(
-        api,
-        task_id,
-        worker,
-        "INFO",
-        &format!("Running task '{task_id}' as run {run}\n"),
-    );
-    drive_to_end(runner, &run)
+/// Journal errors after which no run can be trusted to be recorded: stop pulling.
+fn journal_broken(e: &RunnerError) -> bool {
+    matches!(
+        e,
+        RunnerError::Journal(
+            JournalError::Storage { .. }
+                | JournalError::Gone { .. }
+                | JournalError::Fenced { .. }
+                | JournalError::ReadOnly
+        )
+    )
 }
 
 /// `daemon --stop [--drain]`: signals the recorded daemon and waits for it to exit.
@@ -384,8 +339,8 @@ pub fn stop_daemon(settings: &AgentSettings, drain: bool) -> anyhow::Result<i32>
             path.display()
         );
     }
-    eprintln!(
-        "clearml-agent: asked daemon {pid} to {}",
+    tracing::info!(
+        "asked daemon {pid} to {}",
         if drain {
             "drain and exit"
         } else {
@@ -395,7 +350,7 @@ pub fn stop_daemon(settings: &AgentSettings, drain: bool) -> anyhow::Result<i32>
     while unsafe { libc::kill(pid, 0) } == 0 {
         std::thread::sleep(Duration::from_millis(200));
     }
-    eprintln!("clearml-agent: daemon {pid} exited");
+    tracing::info!("daemon {pid} exited");
     Ok(0)
 }
 
@@ -432,23 +387,95 @@ pub fn detach(settings: &AgentSettings, args: &[String]) -> anyhow::Result<i32> 
     Ok(0)
 }
 
+/// The agent stops on purpose, leaving `reason` for the next start's resume reason.
+fn shut_down(runner: &Runner<RealEffects>, api: &ApiClient, worker: &str, reason: &str) {
+    crate::failpoint::hit("on-detach");
+    if let Err(e) = runner.journal().record_shutdown(reason) {
+        tracing::error!("recording the shutdown in the journal: {e}");
+    }
+    let _ = api.call("workers.unregister", &json!({"worker": worker}));
+}
+
 pub fn daemon(settings: AgentSettings, opts: DaemonOptions) -> anyhow::Result<i32> {
-    install_signal_handlers();
+    let controls = Controls::new(settings.requeue_on_preemption);
+    controls.register_signals()?;
     let pid_path = settings.pid_file.clone();
     if let Some(dir) = pid_path.parent() {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(&pid_path, std::process::id().to_string())?;
     let worker = settings.worker_id(0);
-    let api = connect(&settings, &worker)?;
-    let queues = resolve_queues(&api, &opts.queues, opts.create_queue)?;
-    let ids: Vec<String> = queues.iter().map(|(id, _)| id.clone()).collect();
-    api.call(
-        "workers.register",
-        &json!({"worker": worker, "queues": ids}),
+    let api = connect(&settings, &worker, None)?;
+    let queues = retry_transient(
+        "resolving the queues",
+        None,
+        |e: &anyhow::Error| e.downcast_ref::<ApiError>().is_some_and(api_transient),
+        || resolve_queues(&api, &opts.queues, opts.create_queue),
     )?;
-    eprintln!(
-        "clearml-agent daemon: worker {worker} listening to {} on {}",
+    let ids: Vec<String> = queues.iter().map(|(id, _)| id.clone()).collect();
+    retry_transient("registering the worker", None, api_transient, || {
+        api.call(
+            "workers.register",
+            &json!({"worker": worker, "queues": ids}),
+        )
+    })?;
+    let reporter = Reporter::start(
+        api.clone(),
+        worker.clone(),
+        ids.clone(),
+        Duration::from_secs_f64(settings.status_report_interval_s),
+    );
+    let mut runner = open_runner(
+        &settings,
+        api.clone(),
+        &worker,
+        controls.clone(),
+        Some(reporter.current.clone()),
+    )?;
+    let finish = |runner: &Runner<RealEffects>, reason: &str, code: i32| {
+        shut_down(runner, &api, &worker, reason);
+        let _ = std::fs::remove_file(&pid_path);
+        if code == 0 {
+            tracing::info!("shutting down ({reason}); running tasks stay under their supervisors and are resumed on the next start");
+        }
+        Ok(code)
+    };
+    // Runs a previous life of this agent left unfinished come first.
+    let reason = runner.journal().restart_reason()?;
+    for (run, result) in runner.resume_all(&reason)? {
+        let driven = match result {
+            Err(e) if !journal_broken(&e) => {
+                tracing::error!("run {run} could not be resumed: {e}");
+                continue;
+            }
+            other => other,
+        };
+        match drive_to_end(&mut runner, &controls, &run, driven) {
+            Ok(Ended::Terminal(state)) => {
+                tracing::info!("resumed run {run}: {}", state.status_label())
+            }
+            Ok(Ended::Detached(why)) => return finish(&runner, &why, 0),
+            Err(e) => {
+                tracing::error!("run {run}: {e}");
+                if journal_broken(&e) {
+                    return finish(&runner, "journal error", 1);
+                }
+            }
+        }
+    }
+    // Terminal runs past the retention period shrink to one record each.
+    match runner.journal().compact(
+        crate::host::now_ms(),
+        settings.journal_retention.as_millis() as u64,
+    ) {
+        Ok(done) if !done.is_empty() => tracing::info!("compacted {} finished run(s)", done.len()),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("compacting the journal: {e}"),
+    }
+    start_preemption_watcher(&settings, controls.clone());
+    // Ready: the journal is open and the runs of an earlier life are done.
+    tracing::info!(
+        "worker {worker} listening to {} on {}",
         queues
             .iter()
             .map(|(_, n)| n.as_str())
@@ -456,140 +483,110 @@ pub fn daemon(settings: AgentSettings, opts: DaemonOptions) -> anyhow::Result<i3
             .join(", "),
         settings.api_server
     );
-    let reporter = Reporter::start(
-        api.clone(),
-        worker.clone(),
-        ids.clone(),
-        Duration::from_secs_f64(settings.status_report_interval_s),
-    );
-    let mut runner = open_runner(&settings, api.clone(), &worker)?;
-    // The status reports name the task whose process is being waited on, resumed runs included.
-    runner.effects_mut().current_task = Some(reporter.current.clone());
-    // Runs a previous life of this agent left unfinished come first.
-    let reason = runner.journal().restart_reason()?;
-    for (run, result) in runner.resume_all(&reason)? {
-        match result {
-            Ok(Driven::Terminal(state)) => {
-                eprintln!("clearml-agent: resumed run {run}: {}", state.status_label())
-            }
-            Ok(Driven::Deferred { .. }) => {
-                let state = drive_to_end(&mut runner, &run)?;
-                eprintln!("clearml-agent: resumed run {run}: {}", state.status_label());
-            }
-            Err(e) => eprintln!("clearml-agent: run {run} could not be resumed: {e}"),
-        }
-    }
-    start_preemption_watcher(&settings);
     let poll = Duration::from_secs_f64(
         opts.polling_interval_s
             .unwrap_or(settings.polling_interval_s),
     );
     let mut done = 0usize;
-    let stopping = || {
-        SHUTDOWN.load(Ordering::SeqCst)
-            || ABORT_ALL.load(Ordering::SeqCst)
-            || DRAIN.load(Ordering::SeqCst)
-            || super::preemption::PREEMPTED.load(Ordering::SeqCst)
-    };
-    while !stopping() && opts.max_tasks.is_none_or(|m| done < m) {
+    while !controls.stopping() && opts.max_tasks.is_none_or(|m| done < m) {
+        // A journal directory removed under the daemon would lose every later run.
+        if let Err(e) = runner.journal().check_dir() {
+            tracing::error!("{e}; no more tasks are pulled");
+            let _ = api.call("workers.unregister", &json!({"worker": worker}));
+            let _ = std::fs::remove_file(&pid_path);
+            return Ok(1);
+        }
         let mut pulled = false;
         for (qid, qname) in &queues {
-            if stopping() {
+            if controls.stopping() {
                 break;
             }
-            let next = match api.call("v2.14/queues.get_next_task", &json!({"queue": qid})) {
+            let next = match api.call("queues.peek_task", &json!({"queue": qid})) {
                 Ok(d) => d,
                 Err(e) => {
-                    eprintln!("clearml-agent: polling queue {qname}: {e}");
+                    tracing::warn!("polling queue {qname}: {e}");
                     continue;
                 }
             };
-            let Some(task_id) = next["entry"]["task"].as_str().map(str::to_string) else {
+            let Some(task_id) = next["task"].as_str().map(str::to_string) else {
                 continue;
             };
-            pulled = true;
-            let mut announce = || {
-                reporter.set(Some((task_id.clone(), qid.clone())));
-                // Report at once (as upstream): the server needs `last_worker` to route a UI
-                // abort to us ("stopping") instead of stopping the task itself.
-                let _ = api.call(
-                    "workers.status_report",
-                    &json!({"worker": worker, "timestamp": crate::host::now_ms() / 1000 * 1000, "task": task_id, "queue": qid, "queues": ids}),
-                );
-                let _ = agent_line(
-                    &api,
-                    &task_id,
-                    &worker,
-                    "INFO",
-                    &format!("task {task_id} pulled from {qid} by worker {worker}\n"),
-                );
-            };
-            match run_task(
-                &mut runner,
-                &api,
-                &worker,
-                &task_id,
-                Some(qid),
-                &mut announce,
-            ) {
-                Ok(state) => eprintln!("clearml-agent: task {task_id}: {}", state.status_label()),
+            let task = match api.call("v2.5/tasks.get_by_id", &json!({"task": task_id})) {
+                Ok(d) => d["task"].clone(),
                 Err(e) => {
-                    eprintln!("clearml-agent: task {task_id}: {e:#}");
-                    let _ = api.call("tasks.failed", &json!({"task": task_id, "force": true, "status_reason": format!("agent error: {e}"), "status_message": format!("Changed by clearml-agent {worker}")}));
+                    tracing::warn!("reading task {task_id} from queue {qname}: {e}");
+                    continue;
+                }
+            };
+            pulled = true;
+            // Journal first: the claim (out of the queue, tasks.started) is the run's first effect.
+            let (snapshot, ext) = snapshot_of(&task, Some(qid), Origin::Queue);
+            let driven = runner.start(snapshot, ext).map(|run| {
+                crate::failpoint::hit("after-pulled");
+                let driven = runner.drive(&run);
+                (run, driven)
+            });
+            let ended = match driven {
+                Ok((run, driven)) => drive_to_end(&mut runner, &controls, &run, driven),
+                Err(e) => Err(e),
+            };
+            reporter.set(None);
+            match ended {
+                Ok(Ended::Terminal(state)) => {
+                    tracing::info!("task {task_id}: {}", state.status_label());
+                    if state.ext.claimed {
+                        done += 1;
+                    }
+                }
+                Ok(Ended::Detached(why)) => return finish(&runner, &why, 0),
+                Err(e) => {
+                    // Nothing is sent for the task: no journaled intent covers it.
+                    tracing::error!("task {task_id}: {e}");
+                    if journal_broken(&e) {
+                        return finish(&runner, "journal error", 1);
+                    }
                 }
             }
-            reporter.set(None);
-            done += 1;
             if !opts.order_fairness {
                 break; // priority order: start again from the first queue
             }
         }
         if !pulled {
             let until = Instant::now() + poll;
-            while Instant::now() < until && !stopping() {
+            while Instant::now() < until && !controls.stopping() {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
     }
-    let _ = runner.journal().record_shutdown("daemon exited");
-    let _ = api.call(
-        "workers.unregister",
-        &json!({"worker": worker, "queues": ids}),
-    );
-    let _ = std::fs::remove_file(&pid_path);
-    Ok(0)
+    finish(&runner, "daemon exited", 0)
 }
 
 /// `execute --id TASK [--clone]`: the same pipeline for one task, no queue. Exits with 0 when the
 /// task completed, 1 otherwise.
 pub fn execute(settings: AgentSettings, task: &str, clone: bool) -> anyhow::Result<i32> {
-    install_signal_handlers();
+    let controls = Controls::new(settings.requeue_on_preemption);
+    controls.register_signals()?;
     let worker = settings.worker_id(0);
-    let api = connect(&settings, &worker)?;
+    let api = connect(&settings, &worker, Some(5))?;
     let task_id = if clone {
         let id = api.call("tasks.clone", &json!({"task": task}))?["id"]
             .as_str()
             .unwrap_or("")
             .to_string();
-        eprintln!("clearml-agent execute: cloned task {task} as {id}");
+        tracing::info!("cloned task {task} as {id}");
         id
     } else {
         task.to_string()
     };
-    match api.call("v2.5/tasks.get_by_id", &json!({"task": task_id})) {
+    let doc = match api.call("v2.5/tasks.get_by_id", &json!({"task": task_id})) {
         Err(e) if e.is_code(400, 101) => anyhow::bail!(
             "Could not find task id={task_id} (for host {})",
             settings.api_server
         ),
         Err(e) => return Err(e.into()),
-        Ok(_) => {}
-    }
-    let _ = api.call(
-        "tasks.dequeue",
-        &json!({"task": task_id, "new_status": "in_progress"}),
-    );
-    api.call("v2.5/tasks.started", &json!({"task": task_id, "force": true, "status_reason": "worker started execution", "status_message": format!("Changed by clearml-agent {worker}")}))?;
-    let mut runner = open_runner(&settings, api.clone(), &worker)?;
+        Ok(d) => d["task"].clone(),
+    };
+    let mut runner = open_runner(&settings, api.clone(), &worker, controls.clone(), None)?;
     // A run of this task an earlier `execute` left unfinished is resumed, not started again.
     let unfinished = runner.journal().find_runs(&task_id)?.into_iter().find(|m| {
         runner
@@ -597,20 +594,30 @@ pub fn execute(settings: AgentSettings, task: &str, clone: bool) -> anyhow::Resu
             .load_run(&m.run_id)
             .is_ok_and(|l| !l.state.is_terminal())
     });
-    let state = match unfinished {
+    let (run, driven) = match unfinished {
         Some(meta) => {
             let reason = runner.journal().restart_reason()?;
-            eprintln!("clearml-agent execute: resuming run {}", meta.run_id);
-            runner.resume(&meta.run_id, &reason)?;
-            drive_to_end(&mut runner, &meta.run_id)?
+            tracing::info!("resuming run {}", meta.run_id);
+            let driven = runner.resume(&meta.run_id, &reason);
+            (meta.run_id, driven)
         }
-        None => run_task(&mut runner, &api, &worker, &task_id, None, &mut || {})?,
+        None => {
+            let (snapshot, ext) = snapshot_of(&doc, None, Origin::Execute);
+            let run = runner.start(snapshot, ext)?;
+            let driven = runner.drive(&run);
+            (run, driven)
+        }
+    };
+    let state = match drive_to_end(&mut runner, &controls, &run, driven)? {
+        Ended::Terminal(state) => state,
+        Ended::Detached(why) => {
+            shut_down(&runner, &api, &worker, &why);
+            tracing::warn!("task {task_id}: left to its supervisor ({why})");
+            return Ok(1);
+        }
     };
     let _ = runner.journal().record_shutdown("execute finished");
-    eprintln!(
-        "clearml-agent execute: task {task_id}: {}",
-        state.status_label()
-    );
+    tracing::info!("task {task_id}: {}", state.status_label());
     Ok(
         if matches!(state.outcome, Some(crate::fsm::Outcome::Completed)) {
             0

@@ -14,15 +14,35 @@ pub struct ParseError {
     pub message: String,
 }
 
+/// Deepest nesting of objects and lists accepted: a clearml.conf is a few levels deep, and the
+/// reader recurses once per level, so hostile input must not choose the stack depth.
+pub const MAX_DEPTH: usize = 64;
+/// Most parts of one dotted key (`a.b.c`): each part is one more level.
+pub const MAX_KEY_PARTS: usize = MAX_DEPTH;
+/// Largest configuration text accepted.
+pub const MAX_BYTES: usize = 4 * 1024 * 1024;
+
 struct Parser {
     chars: Vec<char>,
     pos: usize,
+    depth: usize,
 }
 
 pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Value, ParseError> {
+    if text.len() > MAX_BYTES {
+        return Err(ParseError {
+            line: 1,
+            column: 1,
+            message: format!(
+                "the configuration is {} bytes; at most {MAX_BYTES} are read",
+                text.len()
+            ),
+        });
+    }
     let mut p = Parser {
         chars: text.chars().collect(),
         pos: 0,
+        depth: 0,
     };
     p.skip_ws(true);
     let root = if p.peek() == Some('{') {
@@ -215,6 +235,11 @@ impl Parser {
                 }
                 _ => break,
             }
+            if parts.len() >= MAX_KEY_PARTS {
+                return Err(self.error(&format!(
+                    "a dotted key with more than {MAX_KEY_PARTS} parts"
+                )));
+            }
         }
         parts.push(current);
         if parts.iter().any(String::is_empty) {
@@ -268,6 +293,28 @@ impl Parser {
     }
 
     fn value(&mut self) -> Result<Value, ParseError> {
+        if matches!(self.peek(), Some('{') | Some('[')) {
+            if self.depth >= MAX_DEPTH {
+                return Err(self.error(&format!(
+                    "objects and lists nested deeper than {MAX_DEPTH} levels"
+                )));
+            }
+            self.depth += 1;
+            let v = self.nested();
+            self.depth -= 1;
+            return v;
+        }
+        self.scalar_or_end()
+    }
+
+    fn scalar_or_end(&mut self) -> Result<Value, ParseError> {
+        match self.peek() {
+            None => Err(self.error("expected a value")),
+            _ => self.scalar(),
+        }
+    }
+
+    fn nested(&mut self) -> Result<Value, ParseError> {
         match self.peek() {
             Some('{') => {
                 self.pos += 1;
@@ -446,6 +493,35 @@ line two"""
         assert_eq!(err.line, 3);
         let err = parse("a b c\n", &env).unwrap_err();
         assert_eq!((err.line, err.column), (1, 3));
+    }
+
+    #[test]
+    fn hostile_depth_and_key_length_are_errors_not_stack_overflows() {
+        // Run on a small stack: a recursive reader without limits would overflow it.
+        let handle = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(|| {
+                let deep = format!("a: {}1{}", "{x: ".repeat(100_000), "}".repeat(100_000));
+                let e = parse(&deep, &|_| None).unwrap_err();
+                assert!(e.message.contains("deeper than 64"), "{e}");
+                assert_eq!(e.line, 1);
+                let lists = format!("a: {}", "[".repeat(200_000));
+                assert!(parse(&lists, &|_| None).is_err());
+                let dotted = format!("\n{} = 1\n", vec!["k"; 200_000].join("."));
+                let e = parse(&dotted, &|_| None).unwrap_err();
+                assert!(e.message.contains("more than 64 parts"), "{e}");
+                assert_eq!(e.line, 2);
+                // At the limit it still reads.
+                let ok = format!("a: {}1{}", "{x: ".repeat(60), "}".repeat(60));
+                assert!(parse(&ok, &|_| None).is_ok());
+            })
+            .unwrap();
+        handle.join().unwrap();
+        let big = "x".repeat(MAX_BYTES + 1);
+        assert!(parse(&big, &|_| None)
+            .unwrap_err()
+            .message
+            .contains("bytes"));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! journal location is read from here.
 
 pub mod hocon;
+pub mod settings;
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -107,6 +108,16 @@ impl Config {
             let parts: Vec<String> = path.split("__").map(str::to_lowercase).collect();
             if parts.iter().any(String::is_empty) {
                 continue;
+            }
+            if parts.len() > hocon::MAX_KEY_PARTS {
+                return Err(ConfigError::Override {
+                    var: format!("CLEARML_AGENT__{}...", &path[..path.len().min(40)]),
+                    source: hocon::ParseError {
+                        line: 1,
+                        column: 1,
+                        message: format!("more than {} key parts", hocon::MAX_KEY_PARTS),
+                    },
+                });
             }
             let parsed = hocon::parse(&format!("v: {value}"), &env_var).map_err(|source| {
                 ConfigError::Override {

@@ -9,7 +9,9 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{EffectFailure, EffectHandler, ProgressStore, Reconciled};
+use super::{
+    EffectCtx, EffectFailure, EffectHandler, EffectOutcome, Interruption, Reconciled, StopSource,
+};
 use crate::fsm::{
     Command, CommandKind, EffectResult, EnvFacts, ProcessFacts, RunState, SourceFacts, StopRequest,
 };
@@ -32,7 +34,46 @@ pub struct Script {
 pub struct SimulatedEffects {
     dir: PathBuf,
     script: Script,
-    stop_sent: bool,
+}
+
+/// The script's stop requests, as a watcher would raise them: once, just before the named
+/// command is due.
+pub struct SimulatedStops {
+    script: Script,
+    sent: std::sync::atomic::AtomicBool,
+}
+
+impl SimulatedStops {
+    pub fn new(script: Script) -> Self {
+        SimulatedStops {
+            script,
+            sent: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+}
+
+impl StopSource for SimulatedStops {
+    fn poll(&self, state: &RunState) -> Option<Interruption> {
+        use std::sync::atomic::Ordering;
+        if self.sent.load(Ordering::SeqCst) {
+            return None;
+        }
+        let due = state.next_command()?;
+        let name = due.kind.name();
+        let stop = if self.script.abort_before.as_deref() == Some(name) {
+            StopRequest::Abort {
+                by: "simulated user".into(),
+            }
+        } else if self.script.requeue_before.as_deref() == Some(name) {
+            StopRequest::Requeue {
+                why: "simulated preemption".into(),
+            }
+        } else {
+            return None;
+        };
+        self.sent.store(true, Ordering::SeqCst);
+        Some(Interruption::Stop(stop))
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -47,7 +88,6 @@ impl SimulatedEffects {
         Ok(SimulatedEffects {
             dir: dir.to_path_buf(),
             script,
-            stop_sent: false,
         })
     }
 
@@ -103,21 +143,17 @@ impl SimulatedEffects {
             },
             CommandKind::Terminate => EffectResult::Terminated { code: Some(-15) },
             CommandKind::Report(_) => EffectResult::Reported,
+            CommandKind::Claim => EffectResult::Claimed,
         }
     }
 }
 
 impl EffectHandler for SimulatedEffects {
-    fn perform(
-        &mut self,
-        state: &RunState,
-        cmd: &Command,
-        _progress: &mut dyn ProgressStore,
-    ) -> Result<EffectResult, EffectFailure> {
+    fn perform(&mut self, state: &RunState, cmd: &Command, _ctx: &mut EffectCtx) -> EffectOutcome {
         self.log(&format!("perform {}", cmd.key));
         if matches!(cmd.kind, CommandKind::Report(_)) && self.script.report_failures > 0 {
             self.script.report_failures -= 1;
-            return Err(EffectFailure::retry("simulated: server unreachable"));
+            return Err(EffectFailure::retry("simulated: server unreachable").into());
         }
         let marker = if self.script.fail_at.as_deref() == Some(cmd.kind.name()) {
             Marker::Failed(format!("simulated failure of {}", cmd.kind.name()))
@@ -127,7 +163,7 @@ impl EffectHandler for SimulatedEffects {
         self.write_marker(cmd, &marker);
         match marker {
             Marker::Done(r) => Ok(r),
-            Marker::Failed(reason) => Err(EffectFailure::fatal(reason)),
+            Marker::Failed(reason) => Err(EffectFailure::fatal(reason).into()),
         }
     }
 
@@ -149,26 +185,5 @@ impl EffectHandler for SimulatedEffects {
                 Reconciled::Redo
             }
         }
-    }
-
-    fn poll_stop(&mut self, state: &RunState) -> Option<StopRequest> {
-        if self.stop_sent {
-            return None;
-        }
-        let due = state.next_command()?;
-        let name = due.kind.name();
-        let stop = if self.script.abort_before.as_deref() == Some(name) {
-            StopRequest::Abort {
-                by: "simulated user".into(),
-            }
-        } else if self.script.requeue_before.as_deref() == Some(name) {
-            StopRequest::Requeue {
-                why: "simulated preemption".into(),
-            }
-        } else {
-            return None;
-        };
-        self.stop_sent = true;
-        Some(stop)
     }
 }

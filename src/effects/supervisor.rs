@@ -40,6 +40,9 @@ const EXIT: &str = "exit";
 const SUPERVISOR_PID: &str = "supervisor.pid";
 const CHILD_PID: &str = "child.pid";
 const SHIPPED: &str = "shipped.offset";
+/// Held (flock) by the agent while it starts the supervisor and inherited by the supervisor:
+/// a launch that cannot take it knows a supervisor of this run is starting or alive.
+const LOCK: &str = "supervisor.lock";
 /// How long output still held open by the user's own background children is relayed after the
 /// user process exited.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
@@ -115,7 +118,26 @@ pub fn launch(
     max_unshipped: u64,
 ) -> Result<Launched, SupervisorError> {
     std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
+    // Never two supervisors for one run: one that is starting or alive holds the lock, one that
+    // started before (and may have died since) left its pid file.
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(run_dir.join(LOCK))
+        .map_err(io(run_dir))?;
+    use std::os::fd::AsRawFd;
+    let fd = lock.as_raw_fd();
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return wait_recorded(run_dir);
+    }
+    if let Some(found) = recorded(run_dir) {
+        return Ok(found);
+    }
     let mut cmd = Command::new(agent_exe);
+    // The program may be `/proc/self/exe`: `ps` shows the name instead.
+    cmd.arg0("clearml-agent");
     cmd.arg("supervise")
         .arg("--run-dir")
         .arg(run_dir)
@@ -128,10 +150,14 @@ pub fn launch(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    // SAFETY: setsid is async-signal-safe; it makes the supervisor a session and group leader.
+    // SAFETY: setsid and fcntl are async-signal-safe; setsid makes the supervisor a session and
+    // group leader, and clearing close-on-exec hands it the launch lock for its lifetime.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -167,6 +193,32 @@ pub fn launch(
         pid,
         start_time: start,
     })
+}
+
+/// A supervisor that holds the lock but has not recorded itself yet: wait for its record.
+fn wait_recorded(run_dir: &Path) -> Result<Launched, SupervisorError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(found) = recorded(run_dir) {
+            return Ok(found);
+        }
+        if Instant::now() > deadline {
+            return Err(SupervisorError::NoChild {
+                dir: run_dir.display().to_string(),
+                why: "another supervisor holds the run's lock but never recorded itself".into(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether the recorded supervisor `pid` (started at `start`) is alive, on this boot: a record
+/// from before a reboot names a process that is gone, whatever runs under that pid now.
+pub fn is_alive_here(run_dir: &Path, pid: u32, start: u64) -> bool {
+    let text = std::fs::read_to_string(run_dir.join(SUPERVISOR_PID)).unwrap_or_default();
+    let boot = text.split_whitespace().nth(2).unwrap_or("");
+    let here = crate::host::boot_id();
+    (boot.is_empty() || here.is_empty() || boot == here) && is_alive(pid, start)
 }
 
 /// The recorded supervisor of a run dir, if any.
@@ -215,6 +267,8 @@ pub fn signal_group(launched: &Launched, signal: i32) -> bool {
 /// has written the exit status (or is gone).
 pub fn terminate(run_dir: &Path, launched: &Launched, grace: Duration) {
     signal_group(launched, libc::SIGTERM);
+    // The crash harness stops the agent here: inside the grace period of a stop.
+    crate::failpoint::hit("in-grace");
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
         if exit_code(run_dir).is_some() {
@@ -340,13 +394,18 @@ pub fn relay(
 pub fn supervise(run_dir: &Path, argv: &[String], max_unshipped: u64) -> i32 {
     let record = |name: &str, text: String| {
         if let Err(e) = write_atomic(run_dir, name, &text) {
-            eprintln!("clearml-agent supervise: {e}");
+            tracing::error!("supervise: {e}");
         }
     };
     let me = std::process::id();
+    // pid, start time and boot id: re-attach by the three (see `is_alive_here`).
     record(
         SUPERVISOR_PID,
-        format!("{me} {}", start_time(me).unwrap_or(0)),
+        format!(
+            "{me} {} {}",
+            start_time(me).unwrap_or(0),
+            crate::host::boot_id()
+        ),
     );
     // Stay alive through the group SIGTERM long enough to record the exit status. A handler (not
     // SIG_IGN) is used because handlers reset to default in the exec'd user process.
@@ -374,10 +433,7 @@ pub fn supervise(run_dir: &Path, argv: &[String], max_unshipped: u64) -> i32 {
             return 127;
         }
         (_, Err(e)) => {
-            eprintln!(
-                "clearml-agent supervise: {}: {e}",
-                run_dir.join(OUTPUT).display()
-            );
+            tracing::error!("supervise: {}: {e}", run_dir.join(OUTPUT).display());
             record(EXIT, "127".into());
             return 127;
         }
@@ -386,7 +442,7 @@ pub fn supervise(run_dir: &Path, argv: &[String], max_unshipped: u64) -> i32 {
             let (reader, writer) = match std::io::pipe() {
                 Ok(p) => p,
                 Err(e) => {
-                    eprintln!("clearml-agent supervise: output pipe: {e}");
+                    tracing::error!("supervise: output pipe: {e}");
                     record(EXIT, "127".into());
                     return 127;
                 }

@@ -27,8 +27,8 @@
 //! fall back to PyPI's build. A three-part pin with a pre-release or a fourth number keeps it
 //! (upstream's `.*` rewrite drops it).
 
+use super::cuda_version::CudaVersion;
 use super::pep440::{all_contain, parse_specifiers, Op, Specifier, Version};
-use crate::agent::cuda::CudaVersion;
 use crate::config::Config;
 use crate::redact::redact_urls;
 use regex::Regex;

@@ -620,16 +620,9 @@ impl Drop for Mirror {
 }
 
 fn private_dir() -> PathBuf {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
     std::env::temp_dir().join(format!(
-        "clearml-agent-vcs-{}-{nanos}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
+        "clearml-agent-vcs-{}",
+        uuid::Uuid::new_v4().simple()
     ))
 }
 
@@ -1107,7 +1100,11 @@ pub fn apply_diff(
     } else {
         std::env::temp_dir()
     };
-    let patch = patch_dir.join(format!("clearml-agent-{}.diff", std::process::id()));
+    // Unique per call: several runs of one agent may apply diffs at the same time.
+    let patch = patch_dir.join(format!(
+        "clearml-agent-{}.diff",
+        uuid::Uuid::new_v4().simple()
+    ));
     fs::write(&patch, &text)
         .map_err(|e| VcsError::local(format!("writing {}", patch.display()), e))?;
     let output = Command::new("git")

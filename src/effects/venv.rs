@@ -583,6 +583,7 @@ pub(super) struct Ran {
 
 /// Run `cmd`, passing each output line (masked) to `log` as it comes.
 pub(super) fn run_logged(cmd: &mut Command, log: &mut dyn FnMut(&str)) -> io::Result<Ran> {
+    super::die_with_agent(cmd);
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
     let (tx, rx) = mpsc::channel::<String>();
     // `log` is not Send, so readers forward lines to this thread.

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-use super::state::Outcome;
+use super::state::{Outcome, StopRequest};
 
 /// What the agent recorded about a task when it pulled it: everything later stages need,
 /// so that a resumed run never depends on the server still having the same task body.
@@ -63,6 +63,9 @@ pub enum CommandKind {
     Terminate,
     /// Tell the server the run's outcome.
     Report(Outcome),
+    /// Take the task: out of its queue and `tasks.started` (protocol 2 runs). Appended last:
+    /// the variant index is part of the journal's encoding.
+    Claim,
 }
 
 impl CommandKind {
@@ -76,6 +79,7 @@ impl CommandKind {
             CommandKind::Wait => "Exited",
             CommandKind::Terminate => "Terminated",
             CommandKind::Report(_) => "Reported",
+            CommandKind::Claim => "Claimed",
         }
     }
 
@@ -88,6 +92,7 @@ impl CommandKind {
             CommandKind::Wait => "wait",
             CommandKind::Terminate => "terminate",
             CommandKind::Report(_) => "report",
+            CommandKind::Claim => "claim",
         }
     }
 
@@ -101,6 +106,7 @@ impl CommandKind {
             CommandKind::Wait => "process lost",
             CommandKind::Terminate => "stopping the process failed",
             CommandKind::Report(_) => "reporting the outcome failed",
+            CommandKind::Claim => "claiming the task failed",
         }
     }
 
@@ -114,7 +120,14 @@ impl CommandKind {
             CommandKind::Wait => "Exited",
             CommandKind::Terminate => "Terminated",
             CommandKind::Report(_) => "Reported",
+            CommandKind::Claim => "Claimed",
         }
+    }
+
+    /// Failures of these are retried without bound: giving up would lose the task's outcome
+    /// (a report) or leave a task out of its queue that nobody runs (a claim).
+    pub fn retries_forever(&self) -> bool {
+        matches!(self, CommandKind::Report(_) | CommandKind::Claim)
     }
 }
 
@@ -152,11 +165,23 @@ pub struct ProcessFacts {
 pub enum EffectResult {
     EnvResolved(EnvFacts),
     Cloned(SourceFacts),
-    Patched { applied: bool },
+    Patched {
+        applied: bool,
+    },
     Launched(ProcessFacts),
-    Exited { code: i32 },
-    Terminated { code: Option<i32> },
+    Exited {
+        code: i32,
+    },
+    Terminated {
+        code: Option<i32>,
+    },
     Reported,
+    /// The task is this agent's now (removed from its queue, `tasks.started`).
+    Claimed,
+    /// A watcher saw a stop (an abort from the server, a preemption notice, `daemon --stop`)
+    /// while the effect observed the world: nothing was done about it yet. The FSM records the
+    /// stop and decides (Terminate while a process runs, else the outcome).
+    StopObserved(StopRequest),
 }
 
 impl EffectResult {
@@ -169,6 +194,8 @@ impl EffectResult {
             EffectResult::Exited { .. } => "Exited",
             EffectResult::Terminated { .. } => "Terminated",
             EffectResult::Reported => "Reported",
+            EffectResult::Claimed => "Claimed",
+            EffectResult::StopObserved(_) => "StopObserved",
         }
     }
 }
@@ -216,6 +243,43 @@ pub enum Event {
         why: String,
     },
     Resumed(ResumeInfo),
+    /// `Pulled` of protocol 2: the run claims its task as a journaled effect first, and the
+    /// snapshot holds no credentials (only where they came from). Appended last.
+    PulledV2 {
+        run_id: String,
+        attempt: u32,
+        agent_version: String,
+        snapshot: Box<TaskSnapshot>,
+        ext: Box<PullExt>,
+    },
+}
+
+/// How a task reached the agent, which the claim needs to know.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Origin {
+    /// Pulled from the snapshot's queue (still in it until the claim removes it).
+    #[default]
+    Queue,
+    /// `clearml-agent execute --id`: no queue; the claim dequeues it if it is queued.
+    Execute,
+}
+
+/// Where a secret the run needs comes from; resolved by the effect that needs it, never stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CredentialRef {
+    /// The user info of the task's `script.repository` on the server (read again when cloning).
+    TaskRepositoryUrl,
+}
+
+/// What protocol-2 runs record beside the snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullExt {
+    pub origin: Origin,
+    /// The repository URL had credentials, stripped from the snapshot.
+    pub credentials: Option<CredentialRef>,
+    /// The task document was unusable (a field of the wrong type, a path outside the checkout):
+    /// the run claims the task and fails it with this reason.
+    pub input_error: Option<String>,
 }
 
 impl Event {
@@ -228,6 +292,7 @@ impl Event {
             Event::AbortRequested { .. } => "AbortRequested",
             Event::RequeueRequested { .. } => "RequeueRequested",
             Event::Resumed(_) => "Resumed",
+            Event::PulledV2 { .. } => "Pulled",
         }
     }
 

@@ -12,10 +12,10 @@ mod event;
 mod state;
 
 pub use event::{
-    Command, CommandKind, EffectKey, EffectResult, EnvFacts, Event, ProcessFacts, ResumeInfo,
-    SourceFacts, TaskSnapshot,
+    Command, CommandKind, CredentialRef, EffectKey, EffectResult, EnvFacts, Event, Origin,
+    ProcessFacts, PullExt, ResumeInfo, SourceFacts, TaskSnapshot,
 };
-pub use state::{Outcome, Phase, RunState, StopRequest, MAX_STAGE_RETRIES};
+pub use state::{Outcome, Phase, RunExt, RunState, StopRequest, V1State, MAX_STAGE_RETRIES};
 
 use thiserror::Error;
 

@@ -5,8 +5,8 @@ use sha2::{Digest, Sha256};
 use std::fmt;
 
 use super::event::{
-    Command, CommandKind, EffectKey, EffectResult, EnvFacts, Event, ProcessFacts, ResumeInfo,
-    SourceFacts, TaskSnapshot,
+    Command, CommandKind, EffectKey, EffectResult, EnvFacts, Event, ProcessFacts, PullExt,
+    ResumeInfo, SourceFacts, TaskSnapshot,
 };
 use super::FsmError;
 
@@ -112,6 +112,117 @@ pub struct RunState {
     /// The newest agent epoch that started an effect for this run.
     pub epoch: u64,
     pub resumes: Vec<ResumeInfo>,
+    /// What protocol-2 runs add. Last, and left out of the digest while it is the default, so
+    /// that journals written before it existed still verify (see [`RunState::digest`]).
+    #[serde(default)]
+    pub ext: RunExt,
+}
+
+/// State that protocol-2 runs (those starting with `PulledV2`) add.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunExt {
+    /// 0 for runs journaled before the claim step existed, 2 since.
+    pub protocol: u8,
+    /// The claim effect succeeded: the task is this agent's.
+    pub claimed: bool,
+    pub pull: PullExt,
+}
+
+/// The fields of a run's state before [`RunExt`] existed, in declaration order: bincode encodes
+/// a struct as its fields in sequence, so this tuple has exactly the bytes the old struct had.
+type V1Head = (
+    String,
+    String,
+    u32,
+    String,
+    Phase,
+    TaskSnapshot,
+    Option<Command>,
+    u32,
+    Option<StopRequest>,
+);
+type V1Tail = (
+    Option<Outcome>,
+    Option<String>,
+    Option<EnvFacts>,
+    Option<SourceFacts>,
+    Option<bool>,
+    Option<ProcessFacts>,
+    Option<i32>,
+    u64,
+    Vec<ResumeInfo>,
+);
+
+/// A run state encoded as the first schema did (no [`RunExt`]): the payload of the snapshot
+/// records written before protocol 2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct V1State(pub RunState);
+
+impl Serialize for V1State {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        V1Ref(&self.0).serialize(s)
+    }
+}
+
+/// Serializes a borrowed state in the first schema (for digests, without a clone).
+struct V1Ref<'a>(&'a RunState);
+
+impl Serialize for V1Ref<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let r = self.0;
+        (
+            (
+                &r.run_id,
+                &r.task_id,
+                r.attempt,
+                &r.agent_version,
+                r.phase,
+                &r.snapshot,
+                &r.pending,
+                r.retries,
+                &r.stop,
+            ),
+            (
+                &r.outcome,
+                &r.report_error,
+                &r.env,
+                &r.source,
+                r.patch_applied,
+                &r.process,
+                r.exit_code,
+                r.epoch,
+                &r.resumes,
+            ),
+        )
+            .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for V1State {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (h, t): (V1Head, V1Tail) = Deserialize::deserialize(d)?;
+        Ok(V1State(RunState {
+            run_id: h.0,
+            task_id: h.1,
+            attempt: h.2,
+            agent_version: h.3,
+            phase: h.4,
+            snapshot: h.5,
+            pending: h.6,
+            retries: h.7,
+            stop: h.8,
+            outcome: t.0,
+            report_error: t.1,
+            env: t.2,
+            source: t.3,
+            patch_applied: t.4,
+            process: t.5,
+            exit_code: t.6,
+            epoch: t.7,
+            resumes: t.8,
+            ext: RunExt::default(),
+        }))
+    }
 }
 
 impl RunState {
@@ -120,8 +231,13 @@ impl RunState {
     }
 
     /// A stable fingerprint of the whole state, stored in the journal to check replays.
+    /// The first-schema fields always; [`RunExt`] only when it is not the default, so the
+    /// digests of runs journaled before it existed are unchanged.
     pub fn digest(&self) -> String {
-        let bytes = bincode::serialize(self).expect("RunState always serializes");
+        let mut bytes = bincode::serialize(&V1Ref(self)).expect("RunState always serializes");
+        if self.ext != RunExt::default() {
+            bytes.extend(bincode::serialize(&self.ext).expect("RunExt always serializes"));
+        }
         let hash = Sha256::digest(bytes);
         hash[..8].iter().map(|b| format!("{b:02x}")).collect()
     }
@@ -145,6 +261,7 @@ impl RunState {
             CommandKind::Report(outcome.clone())
         } else {
             match self.phase {
+                Phase::Pulled if self.ext.protocol >= 2 && !self.ext.claimed => CommandKind::Claim,
                 Phase::Pulled => CommandKind::ResolveEnv,
                 Phase::EnvResolved => CommandKind::Clone,
                 Phase::Cloned => CommandKind::ApplyPatch,
@@ -169,7 +286,9 @@ impl RunState {
                 event: event.name(),
             });
         }
-        if self.phase == Phase::New && !matches!(event, Event::Pulled { .. }) {
+        if self.phase == Phase::New
+            && !matches!(event, Event::Pulled { .. } | Event::PulledV2 { .. })
+        {
             return Err(FsmError::NotPulled {
                 event: event.name(),
             });
@@ -190,6 +309,28 @@ impl RunState {
                 self.agent_version = agent_version.clone();
                 self.snapshot = (**snapshot).clone();
                 self.phase = Phase::Pulled;
+            }
+            Event::PulledV2 {
+                run_id,
+                attempt,
+                agent_version,
+                snapshot,
+                ext,
+            } => {
+                if self.phase != Phase::New {
+                    return Err(FsmError::AlreadyPulled);
+                }
+                self.run_id = run_id.clone();
+                self.task_id = snapshot.task_id.clone();
+                self.attempt = *attempt;
+                self.agent_version = agent_version.clone();
+                self.snapshot = (**snapshot).clone();
+                self.phase = Phase::Pulled;
+                self.ext = RunExt {
+                    protocol: 2,
+                    claimed: false,
+                    pull: (**ext).clone(),
+                };
             }
             Event::EffectStarted {
                 key,
@@ -227,6 +368,11 @@ impl RunState {
                         | (CommandKind::Wait, EffectResult::Exited { .. })
                         | (CommandKind::Terminate, EffectResult::Terminated { .. })
                         | (CommandKind::Report(_), EffectResult::Reported)
+                        | (CommandKind::Claim, EffectResult::Claimed)
+                        | (
+                            CommandKind::Claim | CommandKind::Wait,
+                            EffectResult::StopObserved(_)
+                        )
                 );
                 if !kind_matches {
                     return Err(FsmError::WrongResultKind {
@@ -247,8 +393,10 @@ impl RunState {
                 let pending = self.check_pending(key)?;
                 self.pending = None;
                 let is_report = matches!(pending.kind, CommandKind::Report(_));
-                // The report is retried forever: giving up would lose the task's outcome.
-                if *retryable && (is_report || self.retries < MAX_STAGE_RETRIES) {
+                // The report and the claim are retried forever (see `retries_forever`).
+                if *retryable
+                    && (pending.kind.retries_forever() || self.retries < MAX_STAGE_RETRIES)
+                {
                     self.retries += 1;
                 } else if is_report {
                     self.retries = 0;
@@ -321,6 +469,16 @@ impl RunState {
                 self.outcome = self.stop.as_ref().map(StopRequest::outcome);
             }
             EffectResult::Reported => self.phase = Phase::Reported,
+            EffectResult::Claimed => {
+                self.ext.claimed = true;
+                if let Some(why) = &self.ext.pull.input_error {
+                    self.outcome = Some(Outcome::Failed {
+                        reason: format!("invalid task: {why}"),
+                    });
+                }
+            }
+            // Recorded like a stop request: Terminate follows while a process runs.
+            EffectResult::StopObserved(stop) => self.request_stop(stop.clone()),
         }
         // A stop that arrived while an earlier stage was in flight takes effect now,
         // unless a process runs (then Terminate is due) or the outcome is already known.

@@ -18,6 +18,16 @@ fn pulled() -> Event {
     }
 }
 
+fn pulled_v2(ext: PullExt) -> Event {
+    Event::PulledV2 {
+        run_id: "t1.1".into(),
+        attempt: 1,
+        agent_version: "test".into(),
+        snapshot: Box::new(snapshot()),
+        ext: Box::new(ext),
+    }
+}
+
 fn result_for(kind: &CommandKind) -> EffectResult {
     match kind {
         CommandKind::ResolveEnv => EffectResult::EnvResolved(EnvFacts::default()),
@@ -27,6 +37,7 @@ fn result_for(kind: &CommandKind) -> EffectResult {
         CommandKind::Wait => EffectResult::Exited { code: 0 },
         CommandKind::Terminate => EffectResult::Terminated { code: Some(-15) },
         CommandKind::Report(_) => EffectResult::Reported,
+        CommandKind::Claim => EffectResult::Claimed,
     }
 }
 
@@ -296,6 +307,114 @@ fn stage_retries_are_bounded_but_report_retries_are_not() {
     ));
 }
 
+#[test]
+fn protocol_2_claims_first_then_walks_the_same_phases() {
+    let mut s = RunState::default();
+    s.apply(&pulled_v2(PullExt::default())).unwrap();
+    let mut keys = vec![];
+    while !s.is_terminal() {
+        keys.push(step(&mut s, result_for).key.0);
+    }
+    assert_eq!(keys[0], "t1:1:Claimed");
+    assert_eq!(keys.len(), 7);
+    assert!(s.ext.claimed && s.ext.protocol == 2);
+    assert_eq!(s.outcome, Some(Outcome::Completed));
+}
+
+#[test]
+fn a_stop_observed_by_wait_is_terminated_then_reported_never_failed() {
+    let mut s = RunState::default();
+    s.apply(&pulled_v2(PullExt::default())).unwrap();
+    for _ in 0..5 {
+        step(&mut s, result_for);
+    }
+    let wait = step(&mut s, |_| {
+        EffectResult::StopObserved(StopRequest::Requeue {
+            why: "preempted: aws".into(),
+        })
+    });
+    assert_eq!(wait.kind, CommandKind::Wait);
+    assert_eq!(
+        s.outcome, None,
+        "nothing decided before the process is stopped"
+    );
+    let term = start(&mut s);
+    assert_eq!(term.kind, CommandKind::Terminate);
+    // The agent dies in the grace period: the process exited by SIGTERM meanwhile.
+    s.apply(&Event::EffectDone {
+        key: term.key,
+        result: EffectResult::Terminated { code: Some(-15) },
+    })
+    .unwrap();
+    assert_eq!(
+        s.outcome,
+        Some(Outcome::Requeued {
+            why: "preempted: aws".into()
+        })
+    );
+}
+
+#[test]
+fn a_claim_that_finds_the_task_taken_closes_the_run_without_stages() {
+    let mut s = RunState::default();
+    s.apply(&pulled_v2(PullExt::default())).unwrap();
+    step(&mut s, |_| {
+        EffectResult::StopObserved(StopRequest::Abort {
+            by: "task taken by worker b".into(),
+        })
+    });
+    assert!(matches!(
+        s.next_command().unwrap().kind,
+        CommandKind::Report(Outcome::Aborted { .. })
+    ));
+    // Claims are retried without bound, like reports.
+    let mut s = RunState::default();
+    s.apply(&pulled_v2(PullExt::default())).unwrap();
+    for _ in 0..20 {
+        let cmd = start(&mut s);
+        s.apply(&Event::EffectFailed {
+            key: cmd.key,
+            reason: "server down".into(),
+            retryable: true,
+        })
+        .unwrap();
+    }
+    assert_eq!(s.next_command().unwrap().kind, CommandKind::Claim);
+}
+
+#[test]
+fn bad_input_is_claimed_then_failed_naming_the_field() {
+    let mut s = RunState::default();
+    let ext = PullExt {
+        input_error: Some("script.diff: expected a string, got a number".into()),
+        ..PullExt::default()
+    };
+    s.apply(&pulled_v2(ext)).unwrap();
+    step(&mut s, result_for);
+    match s.next_command().unwrap().kind {
+        CommandKind::Report(Outcome::Failed { reason }) => {
+            assert!(reason.contains("script.diff"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_digest_of_a_first_schema_state_ignores_the_default_extension() {
+    let mut v1 = RunState::default();
+    v1.apply(&pulled()).unwrap();
+    let mut v2 = RunState::default();
+    v2.apply(&pulled_v2(PullExt::default())).unwrap();
+    assert_ne!(
+        v1.digest(),
+        v2.digest(),
+        "the extension counts once it is set"
+    );
+    let bytes = bincode::serialize(&V1State(v1.clone())).unwrap();
+    let back: V1State = bincode::deserialize(&bytes).unwrap();
+    assert_eq!(back.0, v1);
+}
+
 // ---------- property tests ----------
 
 /// A choice of what happens next; interpreted against the current state so that most
@@ -322,6 +441,7 @@ fn arb_event() -> impl Strategy<Value = Event> {
     .prop_map(|k| EffectKey(k.to_string()));
     prop_oneof![
         Just(pulled()),
+        Just(pulled_v2(PullExt::default())),
         (key.clone(), any::<u64>()).prop_map(|(key, epoch)| Event::EffectStarted {
             key,
             command: CommandKind::Clone,
@@ -370,6 +490,11 @@ fn event_for(state: &RunState, action: &Action) -> Event {
         Action::FinishPending { ok, code } => Event::EffectDone {
             key: pending_key,
             result: match (&pending, ok) {
+                (Some(c), true) if c.kind == CommandKind::Wait && *code == 2 => {
+                    EffectResult::StopObserved(StopRequest::Abort {
+                        by: "watcher".into(),
+                    })
+                }
                 (Some(c), true) if c.kind == CommandKind::Wait => {
                     EffectResult::Exited { code: *code }
                 }
@@ -402,12 +527,14 @@ proptest! {
     fn random_sequences_never_panic_and_replay_identically(
         actions in proptest::collection::vec(arb_action(), 0..60),
         pull_first in any::<bool>(),
+        v2 in any::<bool>(),
     ) {
         let mut state = RunState::default();
         let mut accepted = vec![];
         if pull_first {
-            state.apply(&pulled()).unwrap();
-            accepted.push(pulled());
+            let first = if v2 { pulled_v2(PullExt::default()) } else { pulled() };
+            state.apply(&first).unwrap();
+            accepted.push(first);
         }
         for action in &actions {
             let event = event_for(&state, action);

@@ -14,7 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::fsm::{Event, RunState};
+use crate::fsm::{Event, RunState, V1State};
 
 pub const MAGIC: [u8; 4] = *b"CMJR";
 pub const SCHEMA_VERSION: u16 = 1;
@@ -31,8 +31,10 @@ pub mod types {
     pub const ABORT_REQUESTED: u16 = 5;
     pub const REQUEUE_REQUESTED: u16 = 6;
     pub const RESUMED: u16 = 7;
+    pub const PULLED_V2: u16 = 8;
     pub const STATE_DIGEST: u16 = 64;
     pub const SNAPSHOT: u16 = 65;
+    pub const SNAPSHOT_V2: u16 = 66;
 }
 
 /// What a record holds: an FSM event, or journal bookkeeping.
@@ -43,8 +45,14 @@ pub enum RecordBody {
     StateDigest {
         digest: String,
     },
-    /// A compacted terminal run: its final state replaces its records.
+    /// A compacted terminal run, as the first schema wrote it (its state without `RunExt`).
     Snapshot {
+        state: Box<V1State>,
+        digest: String,
+        compacted_records: u64,
+    },
+    /// A compacted terminal run: its final state replaces its records.
+    SnapshotV2 {
         state: Box<RunState>,
         digest: String,
         compacted_records: u64,
@@ -62,9 +70,11 @@ impl RecordBody {
                 Event::AbortRequested { .. } => types::ABORT_REQUESTED,
                 Event::RequeueRequested { .. } => types::REQUEUE_REQUESTED,
                 Event::Resumed(_) => types::RESUMED,
+                Event::PulledV2 { .. } => types::PULLED_V2,
             },
             RecordBody::StateDigest { .. } => types::STATE_DIGEST,
             RecordBody::Snapshot { .. } => types::SNAPSHOT,
+            RecordBody::SnapshotV2 { .. } => types::SNAPSHOT_V2,
         }
     }
 
@@ -80,15 +90,14 @@ impl RecordBody {
         match self {
             RecordBody::Event(e) => e.name(),
             RecordBody::StateDigest { .. } => "StateDigest",
-            RecordBody::Snapshot { .. } => "Snapshot",
+            RecordBody::Snapshot { .. } | RecordBody::SnapshotV2 { .. } => "Snapshot",
         }
     }
 }
 
 fn known_type(t: u16) -> bool {
-    (types::PULLED..=types::RESUMED).contains(&t)
-        || t == types::STATE_DIGEST
-        || t == types::SNAPSHOT
+    (types::PULLED..=types::PULLED_V2).contains(&t)
+        || (types::STATE_DIGEST..=types::SNAPSHOT_V2).contains(&t)
 }
 
 /// A decoded record. `body` is `None` for an unknown type flagged may-ignore.
@@ -148,7 +157,15 @@ fn be32(b: &[u8]) -> u32 {
     u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
 
-pub fn decode(seq: u64, bytes: &[u8]) -> Result<Record, EnvelopeError> {
+/// The checked header fields and payload of an envelope: magic, length and CRC verified, then
+/// the schema (after the CRC, so a corrupt version field reads as corruption).
+struct Checked<'a> {
+    event_type: u16,
+    flags: u16,
+    payload: &'a [u8],
+}
+
+fn check(bytes: &[u8]) -> Result<Checked<'_>, EnvelopeError> {
     if bytes.len() < HEADER_LEN {
         return Err(EnvelopeError::ShortHeader { found: bytes.len() });
     }
@@ -157,9 +174,6 @@ pub fn decode(seq: u64, bytes: &[u8]) -> Result<Record, EnvelopeError> {
             got: String::from_utf8_lossy(&bytes[0..4]).into_owned(),
         });
     }
-    let schema = be16(&bytes[4..6]);
-    let event_type = be16(&bytes[6..8]);
-    let flags = be16(&bytes[8..10]);
     let len = be32(&bytes[10..14]) as usize;
     let stored_crc = be32(&bytes[14..18]);
     let payload = &bytes[HEADER_LEN..];
@@ -176,10 +190,23 @@ pub fn decode(seq: u64, bytes: &[u8]) -> Result<Record, EnvelopeError> {
             got: crc,
         });
     }
-    // Checked after the CRC so that a corrupt version field reads as corruption.
+    let schema = be16(&bytes[4..6]);
     if schema != SCHEMA_VERSION {
         return Err(EnvelopeError::Schema { got: schema });
     }
+    Ok(Checked {
+        event_type: be16(&bytes[6..8]),
+        flags: be16(&bytes[8..10]),
+        payload,
+    })
+}
+
+pub fn decode(seq: u64, bytes: &[u8]) -> Result<Record, EnvelopeError> {
+    let Checked {
+        event_type,
+        flags,
+        payload,
+    } = check(bytes)?;
     if !known_type(event_type) {
         if flags & FLAG_MAY_IGNORE != 0 {
             let at_ms = payload
@@ -267,4 +294,35 @@ mod tests {
         assert_eq!(rec.body, None);
         assert_eq!(rec.at_ms, 5);
     }
+}
+
+/// Side-tree entries (run metadata, progress, epochs, clean-stop notes) use the same envelope,
+/// with type codes of their own, so a flipped bit there is caught as well. Entries written
+/// before they had one (no magic) are read as they were stored.
+pub mod side {
+    pub const RUN_META: u16 = 128;
+    pub const PROGRESS: u16 = 129;
+    pub const EPOCH: u16 = 130;
+    pub const SHUTDOWN: u16 = 131;
+}
+
+pub fn encode_side(kind: u16, payload: &[u8]) -> Vec<u8> {
+    encode_raw(kind, 0, payload)
+}
+
+/// The payload of a side entry; `Ok(None)` marks one from before side envelopes (the caller
+/// decodes the bytes as they are).
+pub fn decode_side(kind: u16, bytes: &[u8]) -> Result<Option<&[u8]>, EnvelopeError> {
+    if bytes.len() < 4 || bytes[0..4] != MAGIC {
+        return Ok(None);
+    }
+    let checked = check(bytes)?;
+    if checked.event_type != kind {
+        return Err(EnvelopeError::TypeMismatch {
+            event_type: checked.event_type,
+            body: "a side entry of another kind",
+        });
+    }
+    let payload = checked.payload;
+    Ok(Some(payload))
 }

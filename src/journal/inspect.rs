@@ -97,6 +97,9 @@ fn describe(body: &RecordBody) -> String {
         RecordBody::Event(e) => match e {
             Event::Pulled {
                 snapshot, attempt, ..
+            }
+            | Event::PulledV2 {
+                snapshot, attempt, ..
             } => format!(
                 "task {:?} attempt {attempt}, repo {}",
                 snapshot.name,
@@ -124,6 +127,8 @@ fn describe(body: &RecordBody) -> String {
                 EffectResult::Exited { code } => format!("exit code {code}"),
                 EffectResult::Terminated { code } => format!("terminated, exit {code:?}"),
                 EffectResult::Reported => "reported".into(),
+                EffectResult::Claimed => "task claimed".into(),
+                EffectResult::StopObserved(stop) => format!("stop observed: {stop:?}"),
             },
             Event::EffectFailed {
                 reason, retryable, ..
@@ -137,6 +142,14 @@ fn describe(body: &RecordBody) -> String {
         },
         RecordBody::StateDigest { digest } => digest.clone(),
         RecordBody::Snapshot {
+            compacted_records,
+            state,
+            ..
+        } => format!(
+            "compacted {compacted_records} records; final: {}",
+            state.0.status_label()
+        ),
+        RecordBody::SnapshotV2 {
             compacted_records,
             state,
             ..

@@ -62,6 +62,16 @@ pub enum JournalError {
     ReadOnly,
     #[error("run {run} {problem}; refusing to act on this run (see `clearml-agent journal verify {run}`)")]
     Corrupt { run: String, problem: Problem },
+    #[error(
+        "journal entry {tree}/{key} is corrupt: {detail} (see `clearml-agent journal verify`)"
+    )]
+    CorruptSide {
+        tree: &'static str,
+        key: String,
+        detail: String,
+    },
+    #[error("journal directory {dir} was removed or replaced while this agent was using it; nothing more can be recorded there")]
+    Gone { dir: PathBuf },
 }
 
 type Result<T, E = JournalError> = std::result::Result<T, E>;
@@ -83,6 +93,62 @@ pub struct EpochInfo {
     pub boot_id: String,
     pub started_ms: u64,
     pub agent_version: String,
+    /// `""` for an agent; `"maintenance"` for `journal compact`, which the restart reason of
+    /// the next agent looks past.
+    pub role: String,
+}
+
+/// An epoch entry as written before side envelopes (no role).
+#[derive(Deserialize)]
+struct LegacyEpochInfo {
+    epoch: u64,
+    host: String,
+    pid: u32,
+    boot_id: String,
+    started_ms: u64,
+    agent_version: String,
+}
+
+pub const MAINTENANCE: &str = "maintenance";
+
+/// One side-tree entry that does not verify.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SideProblem {
+    pub tree: &'static str,
+    pub key: String,
+    pub detail: String,
+}
+
+fn side_value<T: serde::de::DeserializeOwned>(
+    kind: u16,
+    bytes: &[u8],
+) -> std::result::Result<T, String> {
+    let payload = envelope::decode_side(kind, bytes)
+        .map_err(|e| e.to_string())?
+        .unwrap_or(bytes);
+    bincode::deserialize(payload).map_err(|e| format!("does not decode: {e}"))
+}
+
+fn side_bytes<T: Serialize>(kind: u16, value: &T) -> Vec<u8> {
+    envelope::encode_side(
+        kind,
+        &bincode::serialize(value).expect("side entries serialize"),
+    )
+}
+
+impl EpochInfo {
+    /// Who this process is; the journal fills in the epoch number.
+    pub fn this_process() -> EpochInfo {
+        EpochInfo {
+            epoch: 0,
+            host: crate::host::hostname(),
+            pid: std::process::id(),
+            boot_id: crate::host::boot_id(),
+            started_ms: crate::host::now_ms(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            role: String::new(),
+        }
+    }
 }
 
 /// Heartbeat-like progress: overwritten in place, never appended.
@@ -121,8 +187,31 @@ pub struct Journal {
     /// `None` for a read-only handle.
     epoch: Option<u64>,
     config: JournalConfig,
+    /// (device, inode) of the directory when it was opened: a directory removed (or replaced)
+    /// under a running agent is noticed before anything more is written to it.
+    identity: Option<(u64, u64)>,
     /// Deletes the point-in-time copy a reader opened; declared last so sled is closed first.
     _copy: Option<std::sync::Arc<CopyGuard>>,
+}
+
+fn dir_identity(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Only the agent's user may read the journal: 0700 on directories, 0600 on files.
+fn restrict(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            restrict(&entry.path())?;
+        } else {
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
 }
 
 /// Removes a journal copy when the last handle on it is dropped.
@@ -196,9 +285,10 @@ impl Journal {
             Err(JournalError::Locked { .. }) => {
                 // The live agent may write while we copy; a torn copy fails to open, so
                 // take a fresh copy a few times before giving up.
+                // Unique per reader: two inspections at once must not share (and delete) a copy.
                 let copy = std::env::temp_dir().join(format!(
                     "clearml-agent-journal-snapshot-{}",
-                    std::process::id()
+                    uuid::Uuid::new_v4().simple()
                 ));
                 let mut last = None;
                 for _ in 0..3 {
@@ -231,6 +321,9 @@ impl Journal {
             source,
         };
         std::fs::create_dir_all(dir).map_err(|e| storage(sled::Error::Io(e)))?;
+        use std::os::unix::fs::PermissionsExt;
+        // Closed to others before sled writes anything into it.
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
         let db = sled::Config::new()
             .path(dir)
             // Our own flush at every append is the durability point; no background flusher.
@@ -260,8 +353,20 @@ impl Journal {
             dir: dir.to_path_buf(),
             epoch: None,
             config,
+            identity: dir_identity(dir),
             _copy: None,
         })
+    }
+
+    /// Whether the directory this handle writes to is still the one it opened.
+    pub fn check_dir(&self) -> Result<()> {
+        match (self.identity, dir_identity(&self.dir)) {
+            (Some(a), Some(b)) if a == b => Ok(()),
+            (None, _) => Ok(()),
+            _ => Err(JournalError::Gone {
+                dir: self.dir.clone(),
+            }),
+        }
     }
 
     fn storage(&self, source: sled::Error) -> JournalError {
@@ -281,13 +386,14 @@ impl Journal {
             .map_err(|e| self.storage(e))?
             .map_or(1, |v| be_u64(&v));
         who.epoch = next;
-        let info = bincode::serialize(&who).expect("epoch info serializes");
+        let info = side_bytes(envelope::side::EPOCH, &who);
         self.epochs
             .insert(next.to_be_bytes(), info)
             .map_err(|e| self.storage(e))?;
         self.flush()?;
         std::fs::write(self.dir.join("agent.pid"), std::process::id().to_string())
             .map_err(|e| self.storage(sled::Error::Io(e)))?;
+        restrict(&self.dir).map_err(|e| self.storage(sled::Error::Io(e)))?;
         self.epoch = Some(next);
         Ok(next)
     }
@@ -301,7 +407,10 @@ impl Journal {
     pub fn record_shutdown(&self, why: &str) -> Result<()> {
         let epoch = self.epoch.ok_or(JournalError::ReadOnly)?;
         self.meta
-            .insert(shutdown_key(epoch), why.as_bytes())
+            .insert(
+                shutdown_key(epoch),
+                side_bytes(envelope::side::SHUTDOWN, &why),
+            )
             .map_err(|e| self.storage(e))?;
         self.flush()
     }
@@ -312,18 +421,15 @@ impl Journal {
         let current = self.epoch.unwrap_or(u64::MAX);
         let epochs = self.epochs()?;
         let this = epochs.iter().find(|e| e.epoch == current);
+        // Maintenance (`journal compact`) is not an agent life: look past it.
         let Some(prev) = epochs
             .iter()
-            .filter(|e| e.epoch < current)
+            .filter(|e| e.epoch < current && e.role != MAINTENANCE)
             .max_by_key(|e| e.epoch)
         else {
             return Ok("first start of this journal".into());
         };
-        let clean = self
-            .meta
-            .get(shutdown_key(prev.epoch))
-            .map_err(|e| self.storage(e))?
-            .map(|v| String::from_utf8_lossy(&v).to_string());
+        let clean = self.shutdown_note(prev.epoch)?;
         Ok(describe_restart(
             prev,
             clean.as_deref(),
@@ -339,15 +445,125 @@ impl Journal {
         &self.config
     }
 
+    fn shutdown_note(&self, epoch: u64) -> Result<Option<String>> {
+        let Some(v) = self
+            .meta
+            .get(shutdown_key(epoch))
+            .map_err(|e| self.storage(e))?
+        else {
+            return Ok(None);
+        };
+        match envelope::decode_side(envelope::side::SHUTDOWN, &v) {
+            Ok(None) => Ok(Some(String::from_utf8_lossy(&v).to_string())),
+            Ok(Some(payload)) => bincode::deserialize(payload)
+                .map(Some)
+                .map_err(|e| self.corrupt_side("meta", format!("shutdown/{epoch}"), e.to_string())),
+            Err(e) => Err(self.corrupt_side("meta", format!("shutdown/{epoch}"), e.to_string())),
+        }
+    }
+
+    fn corrupt_side(&self, tree: &'static str, key: String, detail: String) -> JournalError {
+        JournalError::CorruptSide { tree, key, detail }
+    }
+
+    fn decode_epoch(v: &[u8]) -> std::result::Result<EpochInfo, String> {
+        match envelope::decode_side(envelope::side::EPOCH, v).map_err(|e| e.to_string())? {
+            Some(payload) => bincode::deserialize(payload).map_err(|e| e.to_string()),
+            None => bincode::deserialize::<LegacyEpochInfo>(v)
+                .map(|l| EpochInfo {
+                    epoch: l.epoch,
+                    host: l.host,
+                    pid: l.pid,
+                    boot_id: l.boot_id,
+                    started_ms: l.started_ms,
+                    agent_version: l.agent_version,
+                    role: String::new(),
+                })
+                .map_err(|e| format!("does not decode: {e}")),
+        }
+    }
+
     pub fn epochs(&self) -> Result<Vec<EpochInfo>> {
         self.epochs
             .iter()
-            .values()
-            .map(|v| {
-                let v = v.map_err(|e| self.storage(e))?;
-                Ok(bincode::deserialize(&v).unwrap_or_default())
+            .map(|item| {
+                let (k, v) = item.map_err(|e| self.storage(e))?;
+                Self::decode_epoch(&v)
+                    .map_err(|d| self.corrupt_side("epochs", be_u64(&k).to_string(), d))
             })
             .collect()
+    }
+
+    /// Every side-tree entry that does not verify (for `journal verify`).
+    pub fn verify_side(&self) -> Result<Vec<SideProblem>> {
+        let mut problems = vec![];
+        let mut check = |tree: &'static str, key: String, r: std::result::Result<(), String>| {
+            if let Err(detail) = r {
+                problems.push(SideProblem { tree, key, detail });
+            }
+        };
+        for item in self.runs.iter() {
+            let (k, v) = item.map_err(|e| self.storage(e))?;
+            let r = side_value::<RunMeta>(envelope::side::RUN_META, &v).map(|_| ());
+            check("runs", String::from_utf8_lossy(&k).into_owned(), r);
+        }
+        for item in self.progress.iter() {
+            let (k, v) = item.map_err(|e| self.storage(e))?;
+            let r = side_value::<Progress>(envelope::side::PROGRESS, &v).map(|_| ());
+            check("progress", String::from_utf8_lossy(&k).into_owned(), r);
+        }
+        for item in self.epochs.iter() {
+            let (k, v) = item.map_err(|e| self.storage(e))?;
+            check(
+                "epochs",
+                be_u64(&k).to_string(),
+                Self::decode_epoch(&v).map(|_| ()),
+            );
+        }
+        for item in self.meta.iter() {
+            let (k, v) = item.map_err(|e| self.storage(e))?;
+            if k.as_ref() == EPOCH_KEY {
+                let r = (v.len() == 8)
+                    .then_some(())
+                    .ok_or_else(|| format!("the epoch counter is {} bytes, not 8", v.len()));
+                check("meta", "epoch".into(), r);
+            } else if let Some(epoch) = k.strip_prefix(SHUTDOWN_PREFIX) {
+                let r = match envelope::decode_side(envelope::side::SHUTDOWN, &v) {
+                    Ok(Some(p)) => bincode::deserialize::<String>(p)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                };
+                check("meta", format!("shutdown/{}", be_u64(epoch)), r);
+            }
+        }
+        Ok(problems)
+    }
+
+    /// Overwrite one side entry. Only for tests and repair tools.
+    #[doc(hidden)]
+    pub fn put_raw_side(&self, tree: &str, key: &[u8], bytes: &[u8]) -> Result<()> {
+        let t = match tree {
+            "runs" => &self.runs,
+            "progress" => &self.progress,
+            "epochs" => &self.epochs,
+            _ => &self.meta,
+        };
+        t.insert(key, bytes).map_err(|e| self.storage(e))?;
+        self.flush()
+    }
+
+    /// A side entry's stored bytes. Only for tests and repair tools.
+    #[doc(hidden)]
+    pub fn raw_side(&self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let t = match tree {
+            "runs" => &self.runs,
+            "progress" => &self.progress,
+            "epochs" => &self.epochs,
+            _ => &self.meta,
+        };
+        Ok(t.get(key).map_err(|e| self.storage(e))?.map(|v| v.to_vec()))
     }
 
     pub fn flush(&self) -> Result<()> {
@@ -360,9 +576,14 @@ impl Journal {
         self.write(&meta.run_id, 1, first, at_ms, Some(meta))
     }
 
+    /// A run's metadata; an entry that does not verify is an error, never "no such run".
     pub fn run_meta(&self, run: &str) -> Result<Option<RunMeta>> {
-        let v = self.runs.get(run).map_err(|e| self.storage(e))?;
-        Ok(v.and_then(|v| bincode::deserialize(&v).ok()))
+        let Some(v) = self.runs.get(run).map_err(|e| self.storage(e))? else {
+            return Ok(None);
+        };
+        side_value(envelope::side::RUN_META, &v)
+            .map(Some)
+            .map_err(|d| self.corrupt_side("runs", run.to_string(), d))
     }
 
     /// Every run, oldest first.
@@ -370,7 +591,8 @@ impl Journal {
         let mut out = vec![];
         for item in self.runs.iter() {
             let (k, v) = item.map_err(|e| self.storage(e))?;
-            let meta = bincode::deserialize(&v).unwrap_or_else(|_| RunMeta {
+            // A corrupt entry is listed (loading the run reports it), never dropped.
+            let meta = side_value(envelope::side::RUN_META, &v).unwrap_or_else(|_| RunMeta {
                 run_id: String::from_utf8_lossy(&k).into_owned(),
                 task_id: "?".into(),
                 attempt: 0,
@@ -427,6 +649,7 @@ impl Journal {
     ) -> Result<u64> {
         assert!(!bodies.is_empty(), "an append writes at least one record");
         let mine = self.epoch.ok_or(JournalError::ReadOnly)?;
+        self.check_dir()?;
         let last = expected_seq + bodies.len() as u64 - 1;
         if last > self.config.max_records_per_run {
             return Err(JournalError::RecordCap {
@@ -445,7 +668,7 @@ impl Journal {
             })
             .collect();
         let prev_key = (expected_seq > 1).then(|| record_key(run, expected_seq - 1));
-        let new_run = new_run.map(|m| bincode::serialize(m).expect("run meta serializes"));
+        let new_run = new_run.map(|m| side_bytes(envelope::side::RUN_META, m));
         let outcome =
             (&self.records, &self.meta, &self.runs).transaction(|(records, meta, runs)| {
                 let current = meta.get(EPOCH_KEY)?.map_or(0, |v| be_u64(&v));
@@ -526,17 +749,21 @@ impl Journal {
         Ok(last.map_or(1, |k| seq_of(&k) + 1))
     }
 
+    /// A run's progress (zero when none was saved); an entry that does not verify is an error,
+    /// never a silent zero (that would ship the whole output again).
     pub fn progress(&self, run: &str) -> Result<Progress> {
-        let v = self.progress.get(run).map_err(|e| self.storage(e))?;
-        Ok(v.and_then(|v| bincode::deserialize(&v).ok())
-            .unwrap_or_default())
+        match self.progress.get(run).map_err(|e| self.storage(e))? {
+            None => Ok(Progress::default()),
+            Some(v) => side_value(envelope::side::PROGRESS, &v)
+                .map_err(|d| self.corrupt_side("progress", run.to_string(), d)),
+        }
     }
 
     pub fn set_progress(&self, run: &str, progress: &Progress) -> Result<()> {
         if self.epoch.is_none() {
             return Err(JournalError::ReadOnly);
         }
-        let v = bincode::serialize(progress).expect("progress serializes");
+        let v = side_bytes(envelope::side::PROGRESS, progress);
         self.progress.insert(run, v).map_err(|e| self.storage(e))?;
         self.flush()
     }
@@ -574,7 +801,7 @@ impl Journal {
             if !loaded.state.is_terminal() || loaded.compacted || !old_enough {
                 continue;
             }
-            let body = RecordBody::Snapshot {
+            let body = RecordBody::SnapshotV2 {
                 digest: loaded.state.digest(),
                 compacted_records: loaded.records,
                 state: Box::new(loaded.state),
@@ -597,7 +824,19 @@ impl Journal {
 
     /// Fold a run's records into its state; refuses a run with any unverifiable record.
     pub fn load_run(&self, run: &str) -> Result<LoadedRun> {
-        if self.run_meta(run)?.is_none() {
+        let meta = match self.run_meta(run) {
+            Err(JournalError::CorruptSide { detail, .. }) => {
+                return Err(JournalError::Corrupt {
+                    run: run.to_string(),
+                    problem: Problem {
+                        seq: 0,
+                        detail: format!("run metadata entry: {detail}"),
+                    },
+                })
+            }
+            other => other?,
+        };
+        if meta.is_none() {
             return Err(JournalError::NoSuchRun {
                 run: run.to_string(),
             });

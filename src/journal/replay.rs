@@ -98,17 +98,28 @@ fn fold_record(fold: &mut Fold, rec: &Record) -> Result<(), Problem> {
             }
         }
         Some(RecordBody::Snapshot { state, digest, .. }) => {
-            if rec.seq != 1 {
+            fold_snapshot(fold, rec.seq, &state.0, digest)
+        }
+        Some(RecordBody::SnapshotV2 { state, digest, .. }) => {
+            fold_snapshot(fold, rec.seq, state, digest)
+        }
+    }
+}
+
+fn fold_snapshot(fold: &mut Fold, seq: u64, state: &RunState, digest: &str) -> Result<(), Problem> {
+    {
+        {
+            if seq != 1 {
                 return Err(Problem {
-                    seq: rec.seq,
+                    seq,
                     detail: "a snapshot record may only be the first record of a run".into(),
                 });
             }
             let got = state.digest();
-            if &got != digest {
-                return Err(Problem::digest(rec.seq, digest, &got));
+            if got != digest {
+                return Err(Problem::digest(seq, digest, &got));
             }
-            fold.state = (**state).clone();
+            fold.state = state.clone();
             fold.compacted = true;
             Ok(())
         }
@@ -140,7 +151,12 @@ pub fn load(_run: &str, raw: &[(u64, Vec<u8>)]) -> Result<LoadedRun, Problem> {
         }
         last_at_ms = rec.at_ms;
         // Bookkeeping records (digests, ignored types) are not what a user means by "last event".
-        if let Some(body @ (RecordBody::Event(_) | RecordBody::Snapshot { .. })) = &rec.body {
+        if let Some(
+            body @ (RecordBody::Event(_)
+            | RecordBody::Snapshot { .. }
+            | RecordBody::SnapshotV2 { .. }),
+        ) = &rec.body
+        {
             last_event = body.name().to_string();
         }
     }

@@ -6,18 +6,26 @@
 //! that replay would refuse. On start, every non-terminal run is resumed; an intent with
 //! no result is handed to the effect handler's `reconcile` rather than performed again.
 
-use crate::effects::{EffectFailure, EffectHandler, ProgressStore, Reconciled};
+use crate::effects::{
+    EffectCtx, EffectError, EffectHandler, EffectOutcome, Interruption, NoStops, ProgressStore,
+    Reconciled, ShipProgress, StopSource,
+};
 use crate::fsm::{
-    self, Command, CommandKind, EffectResult, Event, FsmError, ResumeInfo, RunState, StopRequest,
+    self, Command, CommandKind, Event, FsmError, PullExt, ResumeInfo, RunState, StopRequest,
     TaskSnapshot,
 };
 use crate::journal::{
     EpochInfo, Journal, JournalError, Progress, RecordBody, RunMeta, DIGEST_EVERY,
 };
+use std::sync::Arc;
+use std::time::Duration;
 
-/// Where time comes from; the FSM never reads a clock, the runner stamps records.
+/// Where time comes from; the FSM never reads a clock, the runner stamps records and waits.
 pub trait Clock {
     fn now_ms(&self) -> u64;
+    fn sleep(&self, d: Duration) {
+        std::thread::sleep(d);
+    }
 }
 
 pub struct SystemClock;
@@ -26,6 +34,12 @@ impl Clock for SystemClock {
     fn now_ms(&self) -> u64 {
         crate::host::now_ms()
     }
+}
+
+/// Delay before the n-th retry of a stage (n >= 1): `base * 2^(n-1)`, at most a minute.
+pub fn retry_delay(base: Duration, n: u32) -> Duration {
+    base.saturating_mul(1u32 << n.saturating_sub(1).min(10))
+        .min(Duration::from_secs(60))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,14 +64,19 @@ pub type RunResult = Result<Driven, RunnerError>;
 pub enum Driven {
     /// The run is over and its outcome reported.
     Terminal(RunState),
-    /// The run cannot progress now (its report keeps failing); resume it later.
+    /// The run cannot progress now (its report or claim keeps failing); drive it again later.
     Deferred { state: RunState, reason: String },
+    /// The run was left as it is on purpose (the agent is shutting down): its process stays
+    /// under its supervisor and a later start resumes it. The daemon acts on this value.
+    Detached { state: RunState, reason: String },
 }
 
 impl Driven {
     pub fn state(&self) -> &RunState {
         match self {
-            Driven::Terminal(s) | Driven::Deferred { state: s, .. } => s,
+            Driven::Terminal(s)
+            | Driven::Deferred { state: s, .. }
+            | Driven::Detached { state: s, .. } => s,
         }
     }
 }
@@ -69,10 +88,20 @@ struct RunProgress<'a> {
 }
 
 impl ProgressStore for RunProgress<'_> {
-    fn load(&self) -> Progress {
-        self.journal.progress(self.run).unwrap_or_default()
+    fn load(&self) -> Result<ShipProgress, String> {
+        self.journal
+            .progress(self.run)
+            .map(|p| ShipProgress {
+                log_offset_shipped: p.log_offset_shipped,
+                last_heartbeat_ms: p.last_heartbeat_ms,
+            })
+            .map_err(|e| e.to_string())
     }
-    fn save(&mut self, progress: Progress) -> Result<(), String> {
+    fn save(&mut self, p: ShipProgress) -> Result<(), String> {
+        let progress = Progress {
+            log_offset_shipped: p.log_offset_shipped,
+            last_heartbeat_ms: p.last_heartbeat_ms,
+        };
         self.journal
             .set_progress(self.run, &progress)
             .map_err(|e| e.to_string())
@@ -86,10 +115,14 @@ struct Cursor {
     next_seq: u64,
 }
 
+/// Drives runs: one runner per run when several run at once (each with its own handler and
+/// stop source, all sharing one [`Journal`], whose appends are per run).
 pub struct Runner<E, C = SystemClock> {
     journal: Journal,
     effects: E,
     clock: C,
+    stops: Arc<dyn StopSource>,
+    retry_base: Duration,
 }
 
 impl<E: EffectHandler, C: Clock> Runner<E, C> {
@@ -98,7 +131,21 @@ impl<E: EffectHandler, C: Clock> Runner<E, C> {
             journal,
             effects,
             clock,
+            stops: Arc::new(NoStops),
+            retry_base: Duration::from_secs(2),
         }
+    }
+
+    /// The watchers of the runs this runner drives (signals, `--stop`, preemption).
+    pub fn with_stops(mut self, stops: Arc<dyn StopSource>) -> Self {
+        self.stops = stops;
+        self
+    }
+
+    /// First delay before a retryable stage failure is retried (doubling after).
+    pub fn with_retry_base(mut self, base: Duration) -> Self {
+        self.retry_base = base;
+        self
     }
 
     pub fn journal(&self) -> &Journal {
@@ -110,14 +157,16 @@ impl<E: EffectHandler, C: Clock> Runner<E, C> {
     }
 
     /// Record a freshly pulled task as a new run; returns its run id (`{task_id}.{attempt}`).
-    pub fn start(&mut self, snapshot: TaskSnapshot) -> Result<String, RunnerError> {
+    /// Nothing was done on the server yet: the run's first effect claims the task.
+    pub fn start(&mut self, snapshot: TaskSnapshot, ext: PullExt) -> Result<String, RunnerError> {
         let attempt = self.journal.find_runs(&snapshot.task_id)?.len() as u32 + 1;
         let run = format!("{}.{attempt}", snapshot.task_id);
-        let event = Event::Pulled {
+        let event = Event::PulledV2 {
             run_id: run.clone(),
             attempt,
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             snapshot: Box::new(snapshot.clone()),
+            ext: Box::new(ext),
         };
         check(&run, &RunState::default(), &event)?;
         let meta = RunMeta {
@@ -137,7 +186,11 @@ impl<E: EffectHandler, C: Clock> Runner<E, C> {
         let mut out = vec![];
         for meta in self.journal.runs()? {
             let result = match self.journal.load_run(&meta.run_id) {
-                Ok(loaded) if loaded.state.is_terminal() => continue,
+                Ok(loaded) if loaded.state.is_terminal() => {
+                    // A crash may have come between the final record and the clean-up.
+                    self.effects.clean_up(&loaded.state);
+                    continue;
+                }
                 Ok(_) => self.resume(&meta.run_id, reason),
                 Err(e) => Err(e.into()),
             };
@@ -205,14 +258,22 @@ impl<E: EffectHandler, C: Clock> Runner<E, C> {
 
     fn drive_cursor(&mut self, mut cur: Cursor) -> Result<Driven, RunnerError> {
         if let Some(pending) = cur.state.pending.clone() {
-            self.finish_pending(&mut cur, &pending)?;
+            if let Some(reason) = self.finish_pending(&mut cur, &pending)? {
+                return Ok(self.detach(cur, reason));
+            }
         }
         loop {
             if cur.state.is_terminal() {
                 self.effects.clean_up(&cur.state);
                 return Ok(Driven::Terminal(cur.state));
             }
-            self.take_stop_request(&mut cur)?;
+            // Watchers: a stop is journaled before anything acts on it; a shutdown leaves the
+            // run as it is.
+            match self.stops.poll(&cur.state) {
+                Some(Interruption::Detach(reason)) => return Ok(self.detach(cur, reason)),
+                Some(Interruption::Stop(stop)) => self.take_stop(&mut cur, stop)?,
+                None => {}
+            }
             let Some(cmd) = cur.state.next_command() else {
                 // Unreachable for a consistent state: non-terminal, nothing pending.
                 return Ok(Driven::Deferred {
@@ -220,6 +281,11 @@ impl<E: EffectHandler, C: Clock> Runner<E, C> {
                     state: cur.state,
                 });
             };
+            // Stages back off here; a claim or report is paced by the caller (see `deferred`).
+            if cur.state.retries > 0 && !cmd.kind.retries_forever() {
+                self.clock
+                    .sleep(retry_delay(self.retry_base, cur.state.retries));
+            }
             let epoch = self.journal.epoch().unwrap_or(0);
             self.append(
                 &mut cur,
@@ -229,13 +295,11 @@ impl<E: EffectHandler, C: Clock> Runner<E, C> {
                     epoch,
                 },
             )?;
-            let mut progress = RunProgress {
-                journal: &self.journal,
-                run: &cur.run,
-            };
-            let result = self.effects.perform(&cur.state, &cmd, &mut progress);
-            self.record_result(&mut cur, &cmd, result)?;
-            if let Some(reason) = deferred_report(&cur.state) {
+            let result = self.perform(&cur, &cmd);
+            if let Some(reason) = self.record_result(&mut cur, &cmd, result)? {
+                return Ok(self.detach(cur, reason));
+            }
+            if let Some(reason) = deferred(&cur.state) {
                 return Ok(Driven::Deferred {
                     state: cur.state,
                     reason,
@@ -244,55 +308,70 @@ impl<E: EffectHandler, C: Clock> Runner<E, C> {
         }
     }
 
-    /// Settle an intent found without a result (the agent died during its effect).
-    fn finish_pending(&mut self, cur: &mut Cursor, cmd: &Command) -> Result<(), RunnerError> {
+    fn perform(&mut self, cur: &Cursor, cmd: &Command) -> EffectOutcome {
+        let mut progress = RunProgress {
+            journal: &self.journal,
+            run: &cur.run,
+        };
+        let mut ctx = EffectCtx {
+            progress: &mut progress,
+            stops: self.stops.as_ref(),
+        };
+        self.effects.perform(&cur.state, cmd, &mut ctx)
+    }
+
+    fn detach(&mut self, cur: Cursor, reason: String) -> Driven {
+        self.effects.on_detach(&cur.state, &reason);
+        Driven::Detached {
+            state: cur.state,
+            reason,
+        }
+    }
+
+    /// Settle an intent found without a result (the agent died during its effect). Returns
+    /// the reason when the redo detached.
+    fn finish_pending(
+        &mut self,
+        cur: &mut Cursor,
+        cmd: &Command,
+    ) -> Result<Option<String>, RunnerError> {
         let result = match self.effects.reconcile(&cur.state, cmd) {
             Reconciled::Done(r) => Ok(r),
-            Reconciled::Failed(f) => Err(f),
-            Reconciled::Redo => {
-                let mut progress = RunProgress {
-                    journal: &self.journal,
-                    run: &cur.run,
-                };
-                self.effects.perform(&cur.state, cmd, &mut progress)
-            }
+            Reconciled::Failed(f) => Err(EffectError::Failed(f)),
+            Reconciled::Redo => self.perform(cur, cmd),
         };
         self.record_result(cur, cmd, result)
     }
 
+    /// Journal an effect's result; a detached effect journals nothing (its intent stays).
     fn record_result(
         &mut self,
         cur: &mut Cursor,
         cmd: &Command,
-        result: Result<EffectResult, EffectFailure>,
-    ) -> Result<(), RunnerError> {
-        // A stop that ended the user process must be on record before its exit status,
-        // so the outcome reads "aborted", not "failed with exit code -15".
-        if cmd.kind == CommandKind::Wait {
-            self.take_stop_request(cur)?;
-        }
+        result: EffectOutcome,
+    ) -> Result<Option<String>, RunnerError> {
         let event = match result {
             Ok(result) => Event::EffectDone {
                 key: cmd.key.clone(),
                 result,
             },
-            Err(f) => Event::EffectFailed {
+            Err(EffectError::Failed(f)) => Event::EffectFailed {
                 key: cmd.key.clone(),
                 reason: f.reason,
                 retryable: f.retryable,
             },
+            Err(EffectError::Detached(reason)) => return Ok(Some(reason)),
         };
-        self.append(cur, event)
+        self.append(cur, event)?;
+        Ok(None)
     }
 
-    fn take_stop_request(&mut self, cur: &mut Cursor) -> Result<(), RunnerError> {
+    fn take_stop(&mut self, cur: &mut Cursor, stop: StopRequest) -> Result<(), RunnerError> {
+        // A second request, or one for a decided run, changes nothing: not journaled.
         if cur.state.stop.is_some() || cur.state.outcome.is_some() {
             return Ok(());
         }
-        match self.effects.poll_stop(&cur.state) {
-            Some(stop) => self.append(cur, stop_event(stop)),
-            None => Ok(()),
-        }
+        self.append(cur, stop_event(stop))
     }
 
     /// Check the event against the FSM, then append it (with a state digest when due).
@@ -332,17 +411,20 @@ fn stop_event(stop: StopRequest) -> Event {
     }
 }
 
-/// A report that just failed retryably: stop driving; the run resumes later.
-fn deferred_report(state: &RunState) -> Option<String> {
+/// A report or claim that just failed retryably: stop driving; the caller drives it again later
+/// (with its own pause), so a long outage does not hold a runner in a tight loop.
+fn deferred(state: &RunState) -> Option<String> {
     let due = state.next_command()?;
-    (matches!(due.kind, CommandKind::Report(_)) && state.retries > 0).then(|| {
-        format!(
-            "reporting {} failed {} time(s); will retry",
-            state
-                .outcome
-                .as_ref()
-                .map_or("outcome".into(), |o| o.to_string()),
+    if !due.kind.retries_forever() || state.retries == 0 {
+        return None;
+    }
+    Some(match &due.kind {
+        CommandKind::Report(o) => {
+            format!("reporting {o} failed {} time(s); will retry", state.retries)
+        }
+        _ => format!(
+            "claiming the task failed {} time(s); will retry",
             state.retries
-        )
+        ),
     })
 }

@@ -131,6 +131,8 @@ pub fn json(out: &Output) -> serde_json::Value {
         )
     })
 }
+pub mod agent;
 pub mod imds;
+pub mod proxy;
 pub mod server;
 pub mod web;

@@ -119,17 +119,92 @@ fn runs_resumed_after_a_crash_complete_once() {
     }
 }
 
+/// Fixture names (`happy`, `v2/happy`, `real/exit-code-3`) in `sub` of the fixtures dir.
+fn fixtures(sub: &str) -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/replay/fixtures")
+        .join(sub);
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .map(|p| {
+            let stem = p.file_stem().unwrap().to_str().unwrap().to_string();
+            if sub.is_empty() {
+                stem
+            } else {
+                format!("{sub}/{stem}")
+            }
+        })
+        .collect();
+    names.sort();
+    names
+}
+
 #[test]
 fn every_fixture_replays() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/replay/fixtures");
-    let mut n = 0;
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_stem().unwrap().to_str().unwrap().to_string();
-        replay(&name);
-        n += 1;
+    let first = fixtures("");
+    assert!(
+        first.len() >= 8,
+        "at least 8 first-schema fixtures, found {first:?}"
+    );
+    let v2 = fixtures("v2");
+    assert!(v2.len() >= 8, "protocol-2 fixtures: {v2:?}");
+    let real = fixtures("real");
+    assert!(real.len() >= 5, "real-handler fixtures: {real:?}");
+    for name in first.iter().chain(&v2).chain(&real) {
+        replay(name);
     }
-    assert!(n >= 8, "at least 8 fixtures, found {n}");
+}
+
+/// The state every protocol-2 fixture ends in: claimed first, and a stop never reads as a
+/// failure.
+#[test]
+fn protocol_2_fixtures_claim_first() {
+    for name in fixtures("v2").iter().chain(&fixtures("real")) {
+        let export = load(name);
+        let first_intent = export
+            .records
+            .iter()
+            .find(|r| r.name == "EffectStarted")
+            .unwrap_or_else(|| panic!("{name}: no effect"));
+        let text = serde_json::to_string(&first_intent.body).unwrap();
+        assert!(text.contains("Claim"), "{name}: first effect {text}");
+        let s = replay(name);
+        assert!(s.ext.protocol == 2 && s.ext.claimed, "{name}");
+    }
+}
+
+/// Real-handler runs: what the daemon journaled for real git, venv and processes.
+#[test]
+fn real_handler_fixtures_end_as_recorded() {
+    let s = replay("real/completed-with-diff");
+    assert_eq!(s.outcome, Some(Outcome::Completed));
+    assert_eq!(s.patch_applied, Some(true));
+    assert!(s.source.as_ref().and_then(|x| x.commit.clone()).is_some());
+    assert_eq!(
+        reason(&replay("real/exit-code-3")),
+        "worker execution exit code 3"
+    );
+    let s = replay("real/aborted-while-running");
+    assert!(
+        matches!(s.outcome, Some(Outcome::Aborted { .. })),
+        "{:?}",
+        s.outcome
+    );
+    let export = load("real/aborted-while-running");
+    assert!(
+        export.records.iter().any(|r| serde_json::to_string(&r.body)
+            .unwrap()
+            .contains("StopObserved")),
+        "the stop was observed by Wait and journaled before Terminate"
+    );
+    let r = reason(&replay("real/entry-point-outside-checkout"));
+    assert!(r.contains("script.entry_point"), "{r}");
+    let s = replay("real/resumed-after-kill-9");
+    assert_eq!(s.outcome, Some(Outcome::Completed));
+    assert_eq!(s.resumes.len(), 1);
 }
 
 #[test]
